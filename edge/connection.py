@@ -1,0 +1,360 @@
+"""One client connection: the Trio shell around the parser, the session and the router.
+
+Two tasks per connection, in one nursery:
+
+* the reader receives whatever the socket has, parses the whole read into events
+  and handles them in order (routing a PUB is synchronous: it appends encoded
+  copies to the subscribers' output buffers and never waits);
+* the writer sleeps until output is pending and sends everything pending in one
+  ``send_all``, so a burst of deliveries costs one system call.
+
+Closing: ``close()`` records the reason, queues the ``-ERR`` if there is one and
+lets the writer flush what is pending (bounded by the write deadline) before the
+socket is closed. A slow consumer (output buffer over ``max_pending``, or a send
+that misses the write deadline) is closed at once, its pending output dropped:
+the publisher never waits for it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from edge.proto import errors
+from edge.proto.errors import CloseReason, ProtocolError
+from edge.proto.events import Connect, Info, ParseFailed, Ping, Pong, Pub, Sub, Unsub
+from edge.proto.parser import ClientParser
+from edge.proto.session import ClientSession
+from edge.router import Subscription
+from edge.subjects import is_valid_publish_subject, is_valid_subject
+
+if TYPE_CHECKING:
+    from edge.server import Server
+
+log = structlog.get_logger("edge.connection")
+
+RECEIVE_SIZE = 256 * 1024
+OK = b"+OK\r\n"
+PING = b"PING\r\n"
+PONG = b"PONG\r\n"
+# Subjects already found valid and literal; bounded, cleared when full.
+_VALID_SUBJECTS: set[bytes] = set()
+_VALID_SUBJECTS_MAX = 65536
+
+
+class ClientConnection:
+    __slots__ = (
+        "_auth_scope",
+        "_scope",
+        "_wake",
+        "_wake_pending",
+        "activity",
+        "cid",
+        "close_reason",
+        "echo",
+        "headers",
+        "in_bytes",
+        "in_msgs",
+        "ip",
+        "max_pending",
+        "no_responders",
+        "out",
+        "out_bytes",
+        "out_msgs",
+        "parser",
+        "pedantic",
+        "pings_out",
+        "port",
+        "ready",
+        "router",
+        "server",
+        "session",
+        "started",
+        "stream",
+        "subs",
+        "verbose",
+        "write_deadline",
+    )
+
+    def __init__(
+        self, server: Server, stream: trio.SocketStream, cid: int, ip: str, port: int
+    ) -> None:
+        config = server.config
+        self.server = server
+        self.router = server.router
+        self.stream = stream
+        self.cid = cid
+        self.ip = ip
+        self.port = port
+        self.parser = ClientParser(config.max_control_line, config.max_payload)
+        self.session = ClientSession(server.credentials, config.max_subscriptions)
+        self.subs: dict[bytes, Subscription] = {}
+        self.out = bytearray()
+        self._wake = trio.Event()
+        self._wake_pending = False
+        self._scope: trio.CancelScope | None = None
+        self._auth_scope = trio.CancelScope()
+        self.max_pending = config.max_pending
+        self.write_deadline = config.write_deadline
+        # Options before CONNECT are nats-server's defaults.
+        opts = self.session.options
+        self.verbose, self.pedantic, self.echo = opts.verbose, opts.pedantic, opts.echo
+        self.headers, self.no_responders = opts.headers, opts.no_responders
+        # Operations are accepted before CONNECT only when no auth is required.
+        self.ready = not server.credentials.required
+        self.close_reason: CloseReason | None = None
+        self.pings_out = 0
+        self.activity = False
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.started = trio.current_time()
+
+    # ---- output -------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue protocol bytes for this client."""
+        if self.close_reason is not None:
+            return
+        self.out += data
+        if len(self.out) > self.max_pending:
+            self._slow_consumer(CloseReason.SLOW_CONSUMER_PENDING)
+        elif not self._wake_pending:
+            self._wake_pending = True
+            self._wake.set()
+
+    def deliver(
+        self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None:
+        """Queue one MSG/HMSG for ``sub`` (called by the router, synchronously)."""
+        if self.close_reason is not None:
+            return
+        out = self.out
+        if hdr and self.headers:
+            if reply:
+                out += b"HMSG %b %b %b %d %d\r\n" % (subject, sub.sid, reply, hdr, len(data))
+            else:
+                out += b"HMSG %b %b %d %d\r\n" % (subject, sub.sid, hdr, len(data))
+        else:
+            if hdr:  # the client cannot take headers: deliver the payload alone
+                data = data[hdr:]
+            if reply:
+                out += b"MSG %b %b %b %d\r\n" % (subject, sub.sid, reply, len(data))
+            else:
+                out += b"MSG %b %b %d\r\n" % (subject, sub.sid, len(data))
+        out += data
+        out += b"\r\n"
+        self.out_msgs += 1
+        if len(out) > self.max_pending:
+            self._slow_consumer(CloseReason.SLOW_CONSUMER_PENDING)
+            return
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake.set()
+        sub.delivered += 1
+        if sub.max_msgs and sub.delivered >= sub.max_msgs:
+            self._remove_sub(sub)
+
+    def _slow_consumer(self, reason: CloseReason) -> None:
+        self.out = bytearray()
+        self.close_reason = reason
+        self.server.stats.slow_consumers += 1
+        log.warning("slow_consumer", cid=self.cid, ip=self.ip, reason=reason.value,
+                    max_pending=self.max_pending)
+        self._unsubscribe_all()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def close(self, reason: CloseReason, err: bytes = b"") -> None:
+        """Close after flushing pending output (and ``err``, if given)."""
+        if self.close_reason is not None:
+            return
+        if err:
+            self.out += err
+        self.close_reason = reason
+        self._unsubscribe_all()
+        self._wake.set()
+
+    def fail(self, error: ProtocolError) -> None:
+        """Answer a protocol error: ``-ERR`` if nats-server sends one; close if it closes."""
+        if error.close:
+            log.debug("client_protocol_error", cid=self.cid, error=str(error))
+            self.close(error.reason, error.wire())
+        else:
+            self.send(error.wire())
+
+    # ---- tasks ----------------------------------------------------------------
+
+    async def run(self, info: bytes, auth_timeout: float | None) -> None:
+        """Serve the connection until it closes. Never raises for peer behaviour."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                self.send(info)
+                nursery.start_soon(self._writer)
+                await self._reader(auth_timeout)
+        finally:
+            self._unsubscribe_all()
+            self.server.forget(self)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+        log.debug("client_closed", cid=self.cid, ip=self.ip,
+                  reason=self.close_reason.value if self.close_reason else None)
+
+    async def _writer(self) -> None:
+        stream = self.stream
+        while True:
+            if not self.out:
+                if self.close_reason is not None:
+                    return
+                self._wake_pending = False
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            data = self.out
+            self.out = bytearray()
+            self.out_bytes += len(data)
+            try:
+                with trio.move_on_after(self.write_deadline) as deadline:
+                    await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.close_reason = self.close_reason or CloseReason.WRITE_ERROR
+                self.out = bytearray()
+                return
+            if deadline.cancelled_caught:
+                self._slow_consumer(CloseReason.SLOW_CONSUMER_DEADLINE)
+                return
+
+    async def _reader(self, auth_timeout: float | None) -> None:
+        deadline = trio.current_time() + auth_timeout if auth_timeout else math.inf
+        with trio.CancelScope(deadline=deadline) as self._auth_scope:
+            await self._read_loop()
+        if self.close_reason is None:
+            if not self.session.connected:
+                self.fail(errors.AUTH_TIMEOUT)
+            else:
+                self.close(CloseReason.INTERNAL_ERROR)
+        # Let the writer flush the final -ERR, bounded by the write deadline.
+
+    async def _read_loop(self) -> None:
+        receive = self.stream.receive_some
+        feed = self.parser.feed
+        on_pub = self._on_pub
+        on_control = self._on_control
+        while self.close_reason is None:
+            try:
+                data = await receive(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.close(CloseReason.READ_ERROR)
+                return
+            if not data:
+                self.close(CloseReason.CLIENT_CLOSED)
+                return
+            self.activity = True
+            self.in_bytes += len(data)
+            for event in feed(data):
+                if type(event) is Pub:
+                    on_pub(event)
+                else:
+                    on_control(event)
+                if self.close_reason is not None:
+                    return
+
+    # ---- events -----------------------------------------------------------------
+
+    def _on_pub(self, event: Pub) -> None:
+        subject, reply, hdr, data = event
+        self.in_msgs += 1
+        if not self.ready:
+            self.fail(errors.AUTH_VIOLATION)
+            return
+        if hdr and not self.headers:
+            self.fail(errors.HEADERS_NOT_SUPPORTED)
+            return
+        if subject not in _VALID_SUBJECTS and not self._check_publish_subject(subject):
+            if self.verbose:
+                self.send(OK)
+            return
+        if self.verbose:
+            self.send(OK)
+        if (
+            not self.router.publish(self, subject, reply, hdr, data)
+            and reply
+            and self.no_responders
+        ):
+            self.router.no_responders(self, subject, reply)
+
+    def _check_publish_subject(self, subject: bytes) -> bool:
+        """Validate a subject not seen before; False if it must not be delivered."""
+        error = self.session.publish_subject_error(subject)
+        if error is not None:
+            self.send(error.wire())
+        if is_valid_publish_subject(subject):
+            if len(_VALID_SUBJECTS) >= _VALID_SUBJECTS_MAX:
+                _VALID_SUBJECTS.clear()
+            _VALID_SUBJECTS.add(subject)
+            return True
+        return is_valid_subject(subject)
+
+    def _on_control(self, event: object) -> None:
+        try:
+            if type(event) is Ping:
+                self.session.require_connected()
+                self.send(PONG)
+            elif type(event) is Pong:
+                self.pings_out = 0
+            elif type(event) is Sub:
+                self.session.require_connected()
+                self._on_sub(event)
+            elif type(event) is Unsub:
+                self.session.require_connected()
+                self._on_unsub(event)
+            elif type(event) is Connect:
+                self._on_connect(event)
+            elif type(event) is ParseFailed:
+                self.fail(event.error)
+            elif type(event) is Info:
+                pass  # nats-server ignores an INFO from a client
+        except ProtocolError as exc:
+            self.fail(exc)
+
+    def _on_connect(self, event: Connect) -> None:
+        opts = self.session.connect(event.raw)
+        self.verbose, self.pedantic, self.echo = opts.verbose, opts.pedantic, opts.echo
+        self.headers, self.no_responders = opts.headers, opts.no_responders
+        self.ready = True
+        self._auth_scope.deadline = math.inf
+        if self.verbose:
+            self.send(OK)
+
+    def _on_sub(self, event: Sub) -> None:
+        self.session.check_subscribe(event.subject)
+        if event.sid not in self.subs:  # a reused sid is ignored, as nats-server does
+            sub = Subscription(self, event.subject, event.queue, event.sid)
+            self.subs[event.sid] = sub
+            self.session.subscriptions += 1
+            self.router.subscribe(sub)
+        if self.verbose:
+            self.send(OK)
+
+    def _on_unsub(self, event: Unsub) -> None:
+        sub = self.subs.get(event.sid)
+        if sub is not None:
+            if event.max_msgs is not None and sub.delivered < event.max_msgs:
+                sub.max_msgs = event.max_msgs
+            else:
+                self._remove_sub(sub)
+        if self.verbose:
+            self.send(OK)
+
+    def _remove_sub(self, sub: Subscription) -> None:
+        if self.subs.pop(sub.sid, None) is not None:
+            self.session.subscriptions -= 1
+            self.router.unsubscribe(sub)
+
+    def _unsubscribe_all(self) -> None:
+        for sub in self.subs.values():
+            self.router.unsubscribe(sub)
+        self.subs.clear()
+        self.session.subscriptions = 0

@@ -1,0 +1,317 @@
+"""The server: listener, connections, keep-alive, lifecycle, and the embedding API.
+
+Task tree (each task has an owner; shutdown runs from the inside out)::
+
+    Server.run
+      connections nursery        one ClientConnection.run per client
+        service nursery
+          accept loop            stops first on shutdown or lame duck
+          keep-alive ticker      PINGs idle clients, closes stale ones
+
+Shutdown order: stop accepting; ask every client to close (each flushes what it
+has pending); after ``shutdown_grace`` seconds whatever is left is cancelled.
+Lame duck mode: stop accepting, tell every client (INFO with ``"ldm": true``) so
+it can reconnect elsewhere, wait ``lame_duck_grace_period``, then close the
+clients evenly spread over the rest of ``lame_duck_duration``, then shut down.
+
+Embedding (see README)::
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(Server(config).run)
+        ...                      # server.port is the bound port
+        server.shutdown()        # returns at once; run() ends after the grace period
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import metadata
+
+import structlog
+import trio
+
+from edge.config import ServerConfig
+from edge.connection import PING, ClientConnection
+from edge.proto import errors
+from edge.proto.errors import CloseReason
+from edge.proto.ids import new_server_id
+from edge.proto.session import Credentials
+from edge.router import Router
+
+log = structlog.get_logger("edge.server")
+
+# The nats-server feature level leafgate speaks; clients gate features on it.
+PROTOCOL_VERSION = "2.10.0"
+FIRST_PING_DELAY = 2.0
+TICK = 0.25
+
+
+def leafgate_version() -> str:
+    try:
+        return metadata.version("leafgate")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+@dataclass
+class ServerStats:
+    connections_total: int = 0
+    slow_consumers: int = 0
+    stale_connections: int = 0
+    refused_max_connections: int = 0
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.server_id = new_server_id()
+        self.name = config.server_name or self.server_id
+        self.router = Router()
+        self.credentials = Credentials(
+            user=config.auth.user, password=config.auth.password, token=config.auth.token
+        )
+        self.clients: dict[int, ClientConnection] = {}
+        self.stats = ServerStats()
+        self.port = 0
+        self.host = config.host
+        self.lame_duck = False
+        self.started = 0.0
+        self._next_cid = 0
+        self._stop = trio.Event()
+        self._lame_duck_requested = trio.Event()
+        self._accepting = trio.CancelScope()
+        self._info_base = self._base_info()
+
+    # ---- public control ---------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Ask the server to stop gracefully. Safe to call more than once."""
+        self._stop.set()
+
+    def enter_lame_duck(self) -> None:
+        """Stop accepting, warn clients, close them gradually, then stop."""
+        self._lame_duck_requested.set()
+
+    # ---- INFO -------------------------------------------------------------------
+
+    def _base_info(self) -> dict[str, object]:
+        info: dict[str, object] = {
+            "server_id": self.server_id,
+            "server_name": self.name,
+            "version": PROTOCOL_VERSION,
+            "proto": 1,
+            "go": f"leafgate {leafgate_version()} (Python {platform.python_version()})",
+            "host": self.config.host,
+            "port": self.config.port,
+            "headers": True,
+        }
+        if self.credentials.required:
+            info["auth_required"] = True
+        info["max_payload"] = self.config.max_payload
+        return info
+
+    def info_for(self, client: ClientConnection) -> bytes:
+        info = dict(self._info_base)
+        info["client_id"] = client.cid
+        info["client_ip"] = client.ip
+        if self.lame_duck:
+            info["ldm"] = True
+        return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
+
+    # ---- running ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until ``shutdown()``; ``task_status.started(self)`` once listening."""
+        port = 0 if self.config.port in (0, -1) else self.config.port
+        listeners = await trio.open_tcp_listeners(port, host=self.config.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        self._info_base["port"] = self.port
+        self.started = trio.current_time()
+        log.info("listening", host=self.config.host, port=self.port, server_id=self.server_id,
+                 server_name=self.name, version=leafgate_version())
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as services:
+                services.start_soon(self._accept_loop, listeners, connections)
+                services.start_soon(self._keepalive)
+                services.start_soon(self._watch_lame_duck)
+                task_status.started(self)
+                await self._stop.wait()
+                services.cancel_scope.cancel()
+            await self._close_all(connections, CloseReason.SERVER_SHUTDOWN)
+        log.info("server_stopped", server_id=self.server_id)
+
+    async def _accept_loop(
+        self, listeners: list[trio.SocketListener], connections: trio.Nursery
+    ) -> None:
+        try:
+            with self._accepting:
+                await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            await stream.aclose()
+            return
+        self._next_cid += 1
+        client = ClientConnection(self, stream, self._next_cid, peer[0], peer[1])
+        self.stats.connections_total += 1
+        if len(self.clients) >= self.config.max_connections:
+            self.stats.refused_max_connections += 1
+            log.warning("max_connections_exceeded", cid=client.cid, ip=client.ip,
+                        max_connections=self.config.max_connections)
+            client.close(errors.MAX_CONNECTIONS.reason, errors.MAX_CONNECTIONS.wire())
+            await client.run(self.info_for(client), None)
+            return
+        self.clients[client.cid] = client
+        auth_timeout = self.config.auth.timeout if self.credentials.required else None
+        await client.run(self.info_for(client), auth_timeout)
+
+    def forget(self, client: ClientConnection) -> None:
+        self.clients.pop(client.cid, None)
+
+    async def _keepalive(self) -> None:
+        """PING clients that were quiet for a ping interval; close the stale ones.
+
+        One task for all clients (a timer per client would cost a task each).
+        The first PING goes out about two seconds after connect, as nats-server
+        does, then one per ``ping_interval``; a client that sent anything since
+        the last check is alive and is not pinged.
+        """
+        interval = self.config.ping_interval
+        first = min(interval, FIRST_PING_DELAY)
+        due: dict[int, float] = {}
+        while True:
+            await trio.sleep(min(TICK, interval / 4))
+            now = trio.current_time()
+            for cid, client in list(self.clients.items()):
+                when = due.get(cid)
+                if when is None:
+                    due[cid] = client.started + first * (1 + random.random() * 0.2)
+                    continue
+                if now < when or client.close_reason is not None:
+                    continue
+                due[cid] = now + interval
+                if client.pings_out >= self.config.max_pings_out:
+                    self.stats.stale_connections += 1
+                    log.info("stale_connection", cid=cid, ip=client.ip)
+                    client.fail(errors.STALE_CONNECTION)
+                elif client.activity and client.pings_out == 0:
+                    client.activity = False
+                else:
+                    client.pings_out += 1
+                    client.send(PING)
+            for cid in [c for c in due if c not in self.clients]:
+                del due[cid]
+
+    async def _watch_lame_duck(self) -> None:
+        await self._lame_duck_requested.wait()
+        self.lame_duck = True
+        self._accepting.cancel()
+        log.info("lame_duck_mode", clients=len(self.clients),
+                 duration=self.config.lame_duck_duration,
+                 grace=self.config.lame_duck_grace_period)
+        for client in list(self.clients.values()):
+            client.send(self.info_for(client))
+        grace = min(self.config.lame_duck_grace_period, self.config.lame_duck_duration)
+        await trio.sleep(grace)
+        clients = list(self.clients.values())
+        spread = max(self.config.lame_duck_duration - grace, 0.0)
+        pause = spread / len(clients) if clients else 0.0
+        for client in clients:
+            client.close(CloseReason.LAME_DUCK)
+            if pause:
+                await trio.sleep(pause)
+        self.shutdown()
+
+    async def _close_all(self, connections: trio.Nursery, reason: CloseReason) -> None:
+        for client in list(self.clients.values()):
+            client.close(reason)
+        with trio.move_on_after(self.config.shutdown_grace):
+            while self.clients:
+                await trio.sleep(0.01)
+        connections.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
+    """Run a server inside a Trio program for the duration of the block."""
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(Server(config).run)
+        try:
+            yield server
+        finally:
+            server.shutdown()
+
+
+def _write_ports_file(config: ServerConfig, server: Server) -> str | None:
+    if not config.ports_file_dir:
+        return None
+    path = os.path.join(config.ports_file_dir, f"leafgate_{os.getpid()}.ports")
+    host = server.host if server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    ports = {"nats": [f"nats://{host}:{server.port}"]}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(ports, f)
+    os.replace(tmp, path)
+    return path
+
+
+async def _signals(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR2,
+                                   signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGUSR2:
+                log.info("signal_lame_duck")
+                server.enter_lame_duck()
+            elif signum == signal.SIGHUP:
+                log.warning("reload_not_supported", detail="configuration reload comes later")
+            else:
+                log.info("signal_shutdown", signal=signal.Signals(signum).name)
+                server.shutdown()
+
+
+async def serve(config: ServerConfig) -> int:
+    """The ``leafgate run`` entry point: run until a signal stops it; return the exit code."""
+    server = Server(config)
+    written: list[str] = []
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def run_then_stop(
+                task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await server.run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # the signal watcher ends with the server
+
+            try:
+                await nursery.start(run_then_stop)
+            except OSError as exc:
+                log.error("listen_failed", host=config.host, port=config.port, error=str(exc))
+                return 1
+            if config.pid_file:
+                with open(config.pid_file, "w") as f:
+                    f.write(str(os.getpid()))
+                written.append(config.pid_file)
+            ports = _write_ports_file(config, server)
+            if ports:
+                written.append(ports)
+            nursery.start_soon(_signals, server)
+    finally:
+        for path in written:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    return 0
