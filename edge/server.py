@@ -30,22 +30,22 @@ import platform
 import random
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 
-import structlog
 import trio
 
 from edge.config import ServerConfig
 from edge.connection import PING, ClientConnection
+from edge.log import get_logger
 from edge.proto import errors
 from edge.proto.errors import CloseReason
 from edge.proto.ids import new_server_id
 from edge.proto.session import Credentials
 from edge.router import Router
 
-log = structlog.get_logger("edge.server")
+log = get_logger("edge.server")
 
 # The nats-server feature level leafgate speaks; clients gate features on it.
 PROTOCOL_VERSION = "2.10.0"
@@ -310,8 +310,6 @@ async def serve(config: ServerConfig) -> int:
             nursery.start_soon(_signals, server)
     finally:
         for path in written:
-            try:
+            with suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
     return 0

@@ -1,0 +1,483 @@
+"""The ``leafgate`` command.
+
+Flags follow nats-server's, so ``leafgate -p 4223 -DV`` works where
+``nats-server -p 4223 -DV`` did. Subcommands:
+
+    leafgate [run] [flags]          run the server (the default)
+    leafgate check-config -c FILE   validate a config file and print a summary
+    leafgate bench [args]           load generator (edge.bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from edge.config import (
+    LOG_FORMATS,
+    ConfigError,
+    ServerConfig,
+    apply_overrides,
+    format_size,
+    load_config,
+    parse_size,
+)
+
+PROG = "leafgate"
+
+# nats-server flags that leafgate does not implement. They fail with exit code
+# 1 and a clear message instead of argparse's generic "unrecognized argument".
+UNSUPPORTED_FLAGS: tuple[str, ...] = (
+    "--cluster",
+    "--cluster_name",
+    "--cluster_advertise",
+    "--routes",
+    "--no_advertise",
+    "--client_advertise",
+    "--connect_retries",
+    "-js",
+    "--jetstream",
+    "-sd",
+    "--store_dir",
+    "--tls",
+    "--tlscert",
+    "--tlskey",
+    "--tlsverify",
+    "--tlscacert",
+    "-r",
+    "--remote_syslog",
+    "-s",
+    "--syslog",
+    "-sl",
+    "--signal",
+    "-ms",
+    "--https_port",
+)
+
+# nats-server's combined debug/trace flags. -VV ("verbose trace") is plain
+# trace here.
+_DEBUG_TRACE_FLAGS = ("-DV", "-DVV")
+_TRACE_ALIASES = ("-VV",)
+
+
+class UnsupportedFlagError(Exception):
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+        super().__init__(
+            f"flag {flag} is not supported (leafgate is a single edge server; see README)"
+        )
+
+
+class _Unsupported(argparse.Action):
+    """Accepts the flag with or without a value, then refuses it."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        raise UnsupportedFlagError(option_string or self.option_strings[0])
+
+
+class _DebugAndTrace(argparse.Action):
+    """``-DV``: debug and trace together."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs=0)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        namespace.debug = True
+        namespace.trace = True
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port_arg(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser that remembers its long flags, for Go-style ``-port``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        self.flag_names: set[str] = set()
+        super().__init__(**kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.flag_names.update(action.option_strings)
+        return action
+
+    def normalise(self, argv: Sequence[str]) -> list[str]:
+        """Rewrite Go-style single-dash long flags (``-port 4222``, ``-cluster=x``)
+        to ``--port``, as nats-server (Go's flag package) accepts both."""
+        out: list[str] = []
+        for i, token in enumerate(argv):
+            if token == "--":
+                out.extend(argv[i:])
+                break
+            match = re.fullmatch(r"-([A-Za-z][\w-]+)(=.*)?", token, re.DOTALL)
+            if match is not None:
+                flag = token.split("=", 1)[0]
+                long_flag = "--" + match.group(1)
+                if flag not in self.flag_names and long_flag in self.flag_names:
+                    token = long_flag + (match.group(2) or "")
+            out.append(token)
+        return out
+
+
+class _Group:
+    """An argument group whose flags the parser records (for ``normalise``)."""
+
+    def __init__(self, parser: _Parser, title: str) -> None:
+        self._parser = parser
+        self._group = parser.add_argument_group(title)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = self._group.add_argument(*args, **kwargs)
+        self._parser.flag_names.update(action.option_strings)
+        return action
+
+
+def _add_server_flags(parser: _Parser) -> None:
+    """Flags shared by ``run`` and ``check-config``; all default to None (= not given)."""
+    net = _Group(parser, "server")
+    net.add_argument(
+        "-a",
+        "--addr",
+        "--net",
+        dest="host",
+        metavar="HOST",
+        help="bind to HOST (default 127.0.0.1)",
+    )
+    net.add_argument(
+        "-p",
+        "--port",
+        dest="port",
+        type=_port_arg,
+        metavar="PORT",
+        help="client port (default 4222; -1 for a random port)",
+    )
+    net.add_argument(
+        "-n",
+        "--name",
+        "--server_name",
+        dest="server_name",
+        metavar="NAME",
+        help="server name (default: generated)",
+    )
+    net.add_argument(
+        "-m",
+        "--http_port",
+        dest="http_port",
+        type=_port_arg,
+        metavar="PORT",
+        help="HTTP monitoring port (-1 for a random port)",
+    )
+    net.add_argument(
+        "--max_payload",
+        dest="max_payload",
+        type=_size_arg,
+        metavar="SIZE",
+        help='largest message payload, e.g. 1048576 or "1MB"',
+    )
+    net.add_argument(
+        "--ports_file_dir",
+        dest="ports_file_dir",
+        metavar="DIR",
+        help="write a <name>_<pid>.ports file in DIR",
+    )
+    net.add_argument(
+        "-P", "--pid", dest="pid_file", metavar="FILE", help="write the process id to FILE"
+    )
+    net.add_argument(
+        "-c",
+        "--config",
+        dest="config",
+        metavar="FILE",
+        help="TOML config file; flags override its values",
+    )
+
+    auth = _Group(parser, "authorization")
+    auth.add_argument("--user", dest="user", metavar="USER", help="required user name")
+    auth.add_argument("--pass", dest="password", metavar="PASSWORD", help="required password")
+    auth.add_argument("--auth", dest="token", metavar="TOKEN", help="required token")
+
+    log = _Group(parser, "logging")
+    log.add_argument(
+        "-l",
+        "--log",
+        "--log_file",
+        dest="logfile",
+        metavar="FILE",
+        help="append the log to FILE instead of stderr",
+    )
+    log.add_argument(
+        "--log_format",
+        dest="log_format",
+        choices=LOG_FORMATS,
+        help="auto (JSON unless stderr is a terminal), json or console",
+    )
+    log.add_argument(
+        "-D", "--debug", dest="debug", action="store_true", default=None, help="enable debug output"
+    )
+    log.add_argument(
+        "-V",
+        "--trace",
+        *_TRACE_ALIASES,
+        dest="trace",
+        action="store_true",
+        default=None,
+        help="trace the raw protocol (implies debug output)",
+    )
+    log.add_argument(
+        *_DEBUG_TRACE_FLAGS,
+        dest="debug_trace",
+        action=_DebugAndTrace,
+        default=argparse.SUPPRESS,
+        help="debug and trace",
+    )
+
+    for flag in UNSUPPORTED_FLAGS:
+        parser.add_argument(flag, action=_Unsupported)
+
+
+_COMMANDS = "commands: run (default), check-config, bench; see 'leafgate <command> -h'"
+
+
+def _run_parser() -> _Parser:
+    parser = _Parser(
+        prog=PROG,
+        description="Run the leafgate NATS server (flags follow nats-server's).",
+        epilog=_COMMANDS,
+    )
+    _add_server_flags(parser)
+    parser.add_argument(
+        "-t", dest="test_config", action="store_true", help="test the configuration and exit"
+    )
+    parser.add_argument(
+        "-v", "--version", dest="version", action="store_true", help="print the version and exit"
+    )
+    return parser
+
+
+def _check_parser() -> _Parser:
+    parser = _Parser(
+        prog=f"{PROG} check-config",
+        description="Validate a config file (and flags) and print a summary.",
+        epilog="exit status: 0 if the configuration is valid, 1 if not",
+    )
+    _add_server_flags(parser)
+    return parser
+
+
+def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``run`` flags. Raises UnsupportedFlagError, or SystemExit from argparse."""
+    parser = _run_parser()
+    return parser.parse_args(parser.normalise(argv))
+
+
+def build_config(args: argparse.Namespace) -> ServerConfig:
+    """The config file (if any) with command-line flags applied over it.
+
+    Raises ConfigError.
+    """
+    config = load_config(args.config) if args.config else ServerConfig()
+    changes: dict[str, Any] = {}
+    for name in (
+        "host",
+        "port",
+        "server_name",
+        "http_port",
+        "max_payload",
+        "ports_file_dir",
+        "pid_file",
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+
+    auth: dict[str, Any] = {}
+    if args.token is not None:
+        # A token on the command line replaces user/password from the file.
+        auth.update(token=args.token, user=args.user, password=args.password)
+    elif args.user is not None or args.password is not None:
+        # --user/--pass replace a token from the file; either may be combined
+        # with the other half from the file (e.g. --pass to keep the secret
+        # out of the file).
+        auth["token"] = None
+        if args.user is not None:
+            auth["user"] = args.user
+        if args.password is not None:
+            auth["password"] = args.password
+    if auth:
+        changes["auth"] = auth
+
+    log: dict[str, Any] = {}
+    if args.debug:
+        log["debug"] = True
+    if args.trace:
+        log["trace"] = True
+    if args.logfile is not None:
+        log["logfile"] = args.logfile
+    if args.log_format is not None:
+        log["format"] = args.log_format
+    if log:
+        changes["log"] = log
+    return apply_overrides(config, **changes)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("leafgate")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def describe(config: ServerConfig) -> list[str]:
+    """A short human summary of a config; never shows secrets."""
+
+    def size(n: int) -> str:
+        return f"{format_size(n)} ({n} bytes)" if n % 1024 == 0 else f"{n} bytes"
+
+    port = "(random port)" if config.port in (0, -1) else str(config.port)
+    if config.http_port is None:
+        monitoring = "off"
+    else:
+        http_port = "(random port)" if config.http_port in (0, -1) else str(config.http_port)
+        monitoring = f"http://{config.http_host}:{http_port}"
+    if config.auth.token is not None:
+        auth = "token"
+    elif config.auth.user is not None:
+        auth = f"user {config.auth.user!r} with password"
+    else:
+        auth = "none"
+    level = "trace" if config.log.trace else "debug" if config.log.debug else "info"
+    lines = [
+        f"listen:            {config.host}:{port}",
+        f"server_name:       {config.server_name or '(generated)'}",
+        f"monitoring:        {monitoring}",
+        f"authorization:     {auth}",
+        f"max_payload:       {size(config.max_payload)}",
+        f"max_pending:       {size(config.max_pending)}",
+        f"max_connections:   {config.max_connections}",
+        f"ping:              every {config.ping_interval:g}s, max {config.max_pings_out} out",
+        f"log:               {level}, format {config.log.format}, "
+        f"to {config.log.logfile or 'stderr'}",
+    ]
+    if config.pid_file:
+        lines.append(f"pid_file:          {config.pid_file}")
+    if config.ports_file_dir:
+        lines.append(f"ports_file_dir:    {config.ports_file_dir}")
+    return lines
+
+
+def _print_valid(config: ServerConfig) -> None:
+    if config.config_file:
+        print(f"{PROG}: configuration file {config.config_file} is valid")
+    else:
+        print(f"{PROG}: configuration is valid")
+    for line in describe(config):
+        print(f"  {line}")
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 1
+
+
+def _serve(config: ServerConfig) -> int:
+    import trio
+
+    from edge import log
+    from edge.server import serve  # lazy: keeps the CLI importable without the server
+
+    try:
+        log.configure(config.log)
+    except OSError as exc:
+        return _error(f"cannot open log file {config.log.logfile}: {exc.strerror or exc}")
+    try:
+        return trio.run(serve, config)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _cmd_run(argv: Sequence[str]) -> int:
+    args = parse_run_args(argv)
+    if args.version:
+        print(f"{PROG} v{version()}")
+        return 0
+    config = build_config(args)
+    if args.test_config:
+        _print_valid(config)
+        return 0
+    return _serve(config)
+
+
+def _cmd_check_config(argv: Sequence[str]) -> int:
+    parser = _check_parser()
+    args = parser.parse_args(parser.normalise(argv))
+    if not args.config:
+        parser.error("the following arguments are required: -c/--config")
+    _print_valid(build_config(args))
+    return 0
+
+
+def _cmd_bench(argv: Sequence[str]) -> int:
+    from edge.bench import main as bench_main  # lazy: written separately
+
+    return int(bench_main(list(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``leafgate`` command; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = "run"
+    if args and not args[0].startswith("-"):
+        command, args = args[0], args[1:]
+    try:
+        if command == "run":
+            return _cmd_run(args)
+        if command == "check-config":
+            return _cmd_check_config(args)
+        if command == "bench":
+            return _cmd_bench(args)
+        print(f"{PROG}: unknown command {command!r} ({_COMMANDS})", file=sys.stderr)
+        return 2
+    except UnsupportedFlagError as exc:
+        return _error(str(exc))
+    except ConfigError as exc:
+        return _error(str(exc))
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
