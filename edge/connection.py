@@ -187,20 +187,29 @@ class ClientConnection:
     # ---- tasks ----------------------------------------------------------------
 
     async def run(self, info: bytes, auth_timeout: float | None) -> None:
-        """Serve the connection until it closes. Never raises for peer behaviour."""
+        """Serve the connection until it closes. Never raises for peer behaviour.
+
+        The writer owns the end: it returns once the connection is closing and
+        everything pending has been flushed, and that cancels the reader.
+        """
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 self.send(info)
-                nursery.start_soon(self._writer)
-                await self._reader(auth_timeout)
+                nursery.start_soon(self._reader, auth_timeout)
+                await self._writer()
+                nursery.cancel_scope.cancel()
         finally:
             self._unsubscribe_all()
             self.server.forget(self)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
-        log.debug("client_closed", cid=self.cid, ip=self.ip,
-                  reason=self.close_reason.value if self.close_reason else None)
+        log.debug(
+            "client_closed",
+            cid=self.cid,
+            ip=self.ip,
+            reason=self.close_reason.value if self.close_reason else None,
+        )
 
     async def _writer(self) -> None:
         stream = self.stream
@@ -263,9 +272,9 @@ class ClientConnection:
                     subject, reply, hdr, payload = event
                     if fast and subject in valid and (not hdr or self.headers):
                         self.in_msgs += 1
-                        if not publish(self, subject, reply, hdr, payload) and reply:
-                            if self.no_responders:
-                                self.router.no_responders(self, subject, reply)
+                        delivered = publish(self, subject, reply, hdr, payload)
+                        if not delivered and reply and self.no_responders:
+                            self.router.no_responders(self, subject, reply)
                         continue
                     on_pub(event)
                 else:
