@@ -51,7 +51,7 @@ SUBJECT = b"bench.s"
 REQ_SUBJECT = b"bench.req"
 REQ_SIZE = 16
 REPLY_BODY = b"ok"
-PUB_BUFFER_BYTES = 256 * 1024  # publishers sendall a buffer of about this size
+PUB_BUFFER_BYTES = 64 * 1024  # publishers sendall a buffer of about this size
 RECV_BUFFER_BYTES = 1 << 20
 
 SOCKET_TIMEOUT = 5.0  # every blocking socket operation of the generator

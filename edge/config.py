@@ -51,6 +51,60 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class TLSClientConfig:
+    """TLS towards the hub: CA to verify it, our certificate if it wants one."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    # TLS before the hub's INFO (nats-server 2.10+ ``handshake_first``).
+    handshake_first: bool = False
+    # Name to verify in the hub's certificate; default: the URL's host.
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """One leafnode link to a hub (nats-server's ``leafnodes.remotes`` entry).
+
+    ``urls`` take the forms ``nats-leaf://[user:pass@]host:port`` and
+    ``tls://host:port`` (``nats://`` is accepted as a synonym of ``nats-leaf://``).
+    """
+
+    urls: tuple[str, ...]
+    # Hub account the link must be bound to (checked against the hub's
+    # ``remote_account``); None accepts whatever the credentials select.
+    account: str | None = None
+    credentials: str | None = None  # .creds file: user JWT + nkey seed
+    nkey_seed: str | None = None  # path to a file holding an nkey seed ("SU...")
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tls: TLSClientConfig | None = None
+    # What local traffic may go up / what local interest may pull down.
+    allow_exports: tuple[str, ...] = ()
+    deny_exports: tuple[str, ...] = ()
+    allow_imports: tuple[str, ...] = ()
+    deny_imports: tuple[str, ...] = ()
+    # Reconnect: first delay, cap of the jittered exponential backoff.
+    reconnect_delay: float = 1.0
+    reconnect_max: float = 30.0
+    # Also try the leafnode URLs the hub advertises (cluster members).
+    use_advertised_urls: bool = True
+    connect_timeout: float = 5.0
+    # Link keep-alive: edge links (LTE, Wi-Fi) die silently, so ping more often
+    # than nats-server's 2-minute default.
+    ping_interval: float = 20.0
+    ping_max: int = 3
+
+
+@dataclass(frozen=True)
+class LeafnodesConfig:
+    remotes: tuple[RemoteConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT  # 0 or -1: a port chosen by the OS
@@ -73,6 +127,7 @@ class ServerConfig:
     http_host: str = DEFAULT_HOST
     http_port: int | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
+    leafnodes: LeafnodesConfig = field(default_factory=LeafnodesConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Files written at start, as nats-server does (--ports_file_dir, -P/--pid).
     ports_file_dir: str | None = None

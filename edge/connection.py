@@ -17,6 +17,7 @@ the publisher never waits for it.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING
 
@@ -27,9 +28,9 @@ from edge.proto import errors
 from edge.proto.errors import CloseReason, ProtocolError
 from edge.proto.events import Connect, Info, ParseFailed, Ping, Pong, Pub, Sub, Unsub
 from edge.proto.parser import ClientParser
-from edge.proto.session import ClientSession
+from edge.proto.session import ClientSession, publish_deliverable
 from edge.router import Subscription
-from edge.subjects import is_valid_publish_subject, is_valid_subject
+from edge.subjects import is_valid_publish_subject
 
 if TYPE_CHECKING:
     from edge.server import Server
@@ -63,7 +64,7 @@ class ClientConnection:
         "no_responders",
         "out",
         "out_bytes",
-        "out_msgs",
+        "out_msgs_done",
         "parser",
         "pedantic",
         "pings_out",
@@ -108,7 +109,7 @@ class ClientConnection:
         self.close_reason: CloseReason | None = None
         self.pings_out = 0
         self.activity = False
-        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.in_msgs = self.in_bytes = self.out_msgs_done = self.out_bytes = 0
         self.started = trio.current_time()
 
     # ---- output -------------------------------------------------------------
@@ -131,21 +132,12 @@ class ClientConnection:
         if self.close_reason is not None:
             return
         out = self.out
-        if hdr and self.headers:
-            if reply:
-                out += b"HMSG %b %b %b %d %d\r\n" % (subject, sub.sid, reply, hdr, len(data))
-            else:
-                out += b"HMSG %b %b %d %d\r\n" % (subject, sub.sid, hdr, len(data))
+        if hdr:
+            self._frame_with_headers(out, sub.sid, subject, reply, hdr, data)
+        elif reply:
+            out += b"MSG %b %b %b %d\r\n%b\r\n" % (subject, sub.sid, reply, len(data), data)
         else:
-            if hdr:  # the client cannot take headers: deliver the payload alone
-                data = data[hdr:]
-            if reply:
-                out += b"MSG %b %b %b %d\r\n" % (subject, sub.sid, reply, len(data))
-            else:
-                out += b"MSG %b %b %d\r\n" % (subject, sub.sid, len(data))
-        out += data
-        out += b"\r\n"
-        self.out_msgs += 1
+            out += b"MSG %b %b %d\r\n%b\r\n" % (subject, sub.sid, len(data), data)
         if len(out) > self.max_pending:
             self._slow_consumer(CloseReason.SLOW_CONSUMER_PENDING)
             return
@@ -156,12 +148,35 @@ class ClientConnection:
         if sub.max_msgs and sub.delivered >= sub.max_msgs:
             self._remove_sub(sub)
 
+    def _frame_with_headers(
+        self, out: bytearray, sid: bytes, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None:
+        if not self.headers:
+            # The client did not negotiate headers: it gets the payload alone.
+            self._frame_plain(out, sid, subject, reply, data[hdr:])
+        elif reply:
+            out += b"HMSG %b %b %b %d %d\r\n%b\r\n" % (subject, sid, reply, hdr, len(data), data)
+        else:
+            out += b"HMSG %b %b %d %d\r\n%b\r\n" % (subject, sid, hdr, len(data), data)
+
+    @staticmethod
+    def _frame_plain(out: bytearray, sid: bytes, subject: bytes, reply: bytes, data: bytes) -> None:
+        if reply:
+            out += b"MSG %b %b %b %d\r\n%b\r\n" % (subject, sid, reply, len(data), data)
+        else:
+            out += b"MSG %b %b %d\r\n%b\r\n" % (subject, sid, len(data), data)
+
     def _slow_consumer(self, reason: CloseReason) -> None:
         self.out = bytearray()
         self.close_reason = reason
         self.server.stats.slow_consumers += 1
-        log.warning("slow_consumer", cid=self.cid, ip=self.ip, reason=reason.value,
-                    max_pending=self.max_pending)
+        log.warning(
+            "slow_consumer",
+            cid=self.cid,
+            ip=self.ip,
+            reason=reason.value,
+            max_pending=self.max_pending,
+        )
         self._unsubscribe_all()
         if self._scope is not None:
             self._scope.cancel()
@@ -317,7 +332,7 @@ class ClientConnection:
                 _VALID_SUBJECTS.clear()
             _VALID_SUBJECTS.add(subject)
             return True
-        return is_valid_subject(subject)
+        return publish_deliverable(subject)
 
     def _on_control(self, event: object) -> None:
         try:
@@ -337,9 +352,16 @@ class ClientConnection:
             elif type(event) is ParseFailed:
                 self.fail(event.error)
             elif type(event) is Info:
-                pass  # nats-server ignores an INFO from a client
+                self._on_client_info(event)
         except ProtocolError as exc:
             self.fail(exc)
+
+    def _on_client_info(self, event: Info) -> None:
+        """nats-server ignores a client's INFO, but closes silently on bad JSON."""
+        try:
+            json.loads(event.raw)
+        except ValueError:
+            raise errors.BAD_CONNECT from None
 
     def _on_connect(self, event: Connect) -> None:
         opts = self.session.connect(event.raw)
@@ -370,13 +392,20 @@ class ClientConnection:
         if self.verbose:
             self.send(OK)
 
+    @property
+    def out_msgs(self) -> int:
+        """Messages delivered to this client (counted per subscription on the hot path)."""
+        return self.out_msgs_done + sum(s.delivered for s in self.subs.values())
+
     def _remove_sub(self, sub: Subscription) -> None:
         if self.subs.pop(sub.sid, None) is not None:
+            self.out_msgs_done += sub.delivered
             self.session.subscriptions -= 1
             self.router.unsubscribe(sub)
 
     def _unsubscribe_all(self) -> None:
         for sub in self.subs.values():
+            self.out_msgs_done += sub.delivered
             self.router.unsubscribe(sub)
         self.subs.clear()
         self.session.subscriptions = 0

@@ -35,9 +35,7 @@ class Subscription:
 
     __slots__ = ("client", "delivered", "max_msgs", "queue", "sid", "subject")
 
-    def __init__(
-        self, client: Subscriber, subject: bytes, queue: bytes | None, sid: bytes
-    ) -> None:
+    def __init__(self, client: Subscriber, subject: bytes, queue: bytes | None, sid: bytes) -> None:
         self.client = client
         self.subject = subject
         self.queue = queue

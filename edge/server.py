@@ -134,8 +134,14 @@ class Server:
         self.port = listeners[0].socket.getsockname()[1]
         self._info_base["port"] = self.port
         self.started = trio.current_time()
-        log.info("listening", host=self.config.host, port=self.port, server_id=self.server_id,
-                 server_name=self.name, version=leafgate_version())
+        log.info(
+            "listening",
+            host=self.config.host,
+            port=self.port,
+            server_id=self.server_id,
+            server_name=self.name,
+            version=leafgate_version(),
+        )
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as services:
                 services.start_soon(self._accept_loop, listeners, connections)
@@ -169,8 +175,12 @@ class Server:
         self.stats.connections_total += 1
         if len(self.clients) >= self.config.max_connections:
             self.stats.refused_max_connections += 1
-            log.warning("max_connections_exceeded", cid=client.cid, ip=client.ip,
-                        max_connections=self.config.max_connections)
+            log.warning(
+                "max_connections_exceeded",
+                cid=client.cid,
+                ip=client.ip,
+                max_connections=self.config.max_connections,
+            )
             client.close(errors.MAX_CONNECTIONS.reason, errors.MAX_CONNECTIONS.wire())
             await client.run(self.info_for(client), None)
             return
@@ -219,9 +229,12 @@ class Server:
         await self._lame_duck_requested.wait()
         self.lame_duck = True
         self._accepting.cancel()
-        log.info("lame_duck_mode", clients=len(self.clients),
-                 duration=self.config.lame_duck_duration,
-                 grace=self.config.lame_duck_grace_period)
+        log.info(
+            "lame_duck_mode",
+            clients=len(self.clients),
+            duration=self.config.lame_duck_duration,
+            grace=self.config.lame_duck_grace_period,
+        )
         for client in list(self.clients.values()):
             client.send(self.info_for(client))
         grace = min(self.config.lame_duck_grace_period, self.config.lame_duck_duration)
@@ -269,8 +282,9 @@ def _write_ports_file(config: ServerConfig, server: Server) -> str | None:
 
 
 async def _signals(server: Server) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR2,
-                                   signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(
+        signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP
+    ) as signals:
         async for signum in signals:
             if signum == signal.SIGUSR2:
                 log.info("signal_lame_duck")

@@ -114,7 +114,9 @@ async def test_client_answering_pings_stays(tmp_path: Path) -> None:
 
 
 async def test_slow_consumer_is_closed_and_publisher_keeps_going(tmp_path: Path) -> None:
-    server = start_leafgate(config_text='max_pending = "256KB"\nmax_payload = "128KB"\n', tmp_path=tmp_path)
+    server = start_leafgate(
+        config_text='max_pending = "256KB"\nmax_payload = "128KB"\n', tmp_path=tmp_path
+    )
     # A subscriber with a tiny receive buffer that never reads.
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

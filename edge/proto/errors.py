@@ -7,7 +7,6 @@ writing any ``-ERR`` (malformed CONNECT JSON, bad argument counts).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
 
@@ -32,13 +31,29 @@ class CloseReason(Enum):
     INTERNAL_ERROR = "Internal Error"
 
 
-@dataclass(frozen=True)
 class ProtocolError(Exception):
-    """A violation by the peer. ``err`` is the text inside ``-ERR '...'``."""
+    """A violation by the peer. ``err`` is the text inside ``-ERR '...'``.
 
-    err: str | None
-    close: bool
-    reason: CloseReason
+    Not a frozen dataclass: Python must be able to set ``__traceback__`` on an
+    exception as it propagates. Treat the attributes as read-only.
+    """
+
+    def __init__(self, err: str | None, close: bool, reason: CloseReason) -> None:
+        super().__init__(err, close, reason)
+        self.err = err
+        self.close = close
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProtocolError):
+            return NotImplemented
+        return (self.err, self.close, self.reason) == (other.err, other.close, other.reason)
+
+    def __hash__(self) -> int:
+        return hash((self.err, self.close, self.reason))
+
+    def __repr__(self) -> str:
+        return f"ProtocolError(err={self.err!r}, close={self.close}, reason={self.reason})"
 
     def __str__(self) -> str:
         return self.err or self.reason.value

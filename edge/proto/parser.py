@@ -24,6 +24,8 @@ nothing and bounds the memory a hostile client can make us hold.)
 
 from __future__ import annotations
 
+from typing import Any
+
 from edge.proto import errors
 from edge.proto.errors import ProtocolError
 from edge.proto.events import (
@@ -53,21 +55,55 @@ def _split_args(arg: bytes) -> list[bytes]:
 
 
 def _size(raw: bytes) -> int:
-    """A payload size as nats-server reads it: decimal digits only."""
-    if not raw.isdigit():
+    """A payload size as nats-server reads it: at most 9 decimal digits."""
+    if not raw.isdigit() or len(raw) > 9:
         raise errors.BAD_ARGUMENTS
     return int(raw)
 
 
-class ClientParser:
+# Parsed PUB argument lines without a reply subject, shared by all connections:
+# a device publishes the same "subject size" line over and over, and a dict hit
+# is far cheaper than splitting and converting it again. Lines with a reply
+# subject are usually unique (request inboxes) and are not kept. Bounded.
+_PUB_LINES: dict[bytes, tuple[bytes, bytes, int]] = {}
+_PUB_LINES_MAX = 8192
+
+
+def _pub_line(line: bytes) -> tuple[bytes, bytes, int]:
+    """Subject, reply and size from the arguments of a PUB line."""
+    args = line.split()
+    if len(args) == 2:
+        subject, raw_size = args
+        reply = b""
+    elif len(args) == 3:
+        subject, reply, raw_size = args
+    else:
+        raise errors.BAD_ARGUMENTS
+    if not raw_size.isdigit() or len(raw_size) > 9:
+        raise errors.BAD_ARGUMENTS
+    parsed = (subject, reply, int(raw_size))
+    if not reply:
+        if len(_PUB_LINES) >= _PUB_LINES_MAX:
+            _PUB_LINES.clear()
+        _PUB_LINES[line] = parsed
+    return parsed
+
+
+class FrameParser:
+    """Buffering shared by the client and leafnode parsers.
+
+    Subclasses parse control lines in ``_parse`` and turn a completed message
+    into an event in ``_emit``; this class keeps what a read left unfinished.
+    """
+
     __slots__ = ("_buf", "_failed", "_need", "_pending", "max_control_line", "max_payload")
 
     def __init__(self, max_control_line: int = 4096, max_payload: int = 1024 * 1024) -> None:
         self.max_control_line = max_control_line
         self.max_payload = max_payload
         self._buf = bytearray()
-        # A PUB/HPUB whose payload has not fully arrived: (subject, reply, hdr, size).
-        self._pending: tuple[bytes, bytes, int, int] | None = None
+        # A message whose payload has not fully arrived: (fields for _emit, size).
+        self._pending: tuple[tuple[Any, ...], int] | None = None
         self._need = 0
         self._failed = False
 
@@ -75,7 +111,7 @@ class ClientParser:
     def failed(self) -> bool:
         return self._failed
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> list[Any]:
         """Parse ``data`` and return the complete events in it, in order."""
         if self._failed:
             return []
@@ -85,14 +121,82 @@ class ClientParser:
                 return []
             data = bytes(self._buf)
             self._buf = bytearray()
-        events: list[Event] = []
+        events: list[Any] = []
         try:
             self._parse(data, events)
         except ProtocolError as exc:
             self._failed = True
             self._buf = bytearray()
-            events.append(ParseFailed(exc))
+            # Drop the traceback: it would keep this read's buffer alive.
+            events.append(ParseFailed(exc.with_traceback(None)))
         return events
+
+    def _parse(self, data: bytes, events: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _emit(self, fields: tuple[Any, ...], payload: bytes) -> Any:
+        raise NotImplementedError
+
+    def _resume(self, data: bytes, events: list[Any]) -> int:
+        """Finish the message left pending by the previous read; -1 = still waiting."""
+        if self._pending is None:
+            return 0
+        fields, size = self._pending
+        self._pending = None
+        return self._take_payload(data, 0, size, fields, events)
+
+    def _take_payload(
+        self, data: bytes, start: int, size: int, fields: tuple[Any, ...], events: list[Any]
+    ) -> int:
+        """Emit the message if its payload is complete; else keep it. -1 = wait."""
+        stop = start + size
+        n = len(data)
+        if stop + 2 > n:
+            # Refuse a wrong byte after the payload as soon as it arrives.
+            if stop < n and data[stop] != 13:
+                raise errors.UNKNOWN_OP
+            self._pending = (fields, size)
+            self._buf = bytearray(data[start:])
+            self._need = size + 1 if stop >= n else size + 2
+            return -1
+        if data[stop] != 13 or data[stop + 1] != 10:
+            raise errors.UNKNOWN_OP
+        events.append(self._emit(fields, data[start:stop]))
+        return stop + 2
+
+    def _check_line_length(self, data: bytes, pos: int, end: int) -> None:
+        """Enforce ``max_control_line`` on a long line, as nats-server counts it.
+
+        nats-server counts the arguments only (after the operation name and its
+        separators); called only for lines longer than the limit, off the hot path.
+        """
+        i = pos
+        while i < end and data[i] not in b" \t":
+            i += 1
+        if i - pos > 16:
+            raise errors.MAX_CONTROL_LINE  # no operation name is this long
+        while i < end and data[i] in b" \t":
+            i += 1
+        if end > pos and data[end - 1] == 13:
+            end -= 1
+        if end - i > self.max_control_line:
+            raise errors.MAX_CONTROL_LINE
+
+    def _keep_partial_line(self, data: bytes, pos: int) -> None:
+        if len(data) - pos > self.max_control_line:
+            self._check_line_length(data, pos, len(data))
+        self._buf = bytearray(data[pos:])
+        self._need = 0
+
+
+class ClientParser(FrameParser):
+    """Parser for what a client sends: CONNECT, PUB, HPUB, SUB, UNSUB, PING, PONG."""
+
+    __slots__ = ()
+
+    def _emit(self, fields: tuple[Any, ...], payload: bytes) -> Pub:
+        subject, reply, hdr = fields
+        return _new_pub(Pub, (subject, reply, hdr, payload))
 
     def _parse(self, data: bytes, events: list[Event]) -> None:
         # The hot loop: a plain upper-case PUB whose payload is in this buffer is
@@ -104,37 +208,25 @@ class ClientParser:
         mcl = self.max_control_line + 1  # the limit counts the line without its \r
         max_payload = self.max_payload
         new = _new_pub
+        pub_lines_get = _PUB_LINES.get
         n = len(data)
         pos = 0
-        if self._pending is not None:
-            subject, reply, hdr, size = self._pending
-            self._pending = None
-            pos = self._take_payload(data, 0, subject, reply, hdr, size, events)
-            if pos < 0:
-                return
+        pos = self._resume(data, events)
+        if pos < 0:
+            return
         while pos < n:
             nl = find(b"\n", pos)
             if nl < 0:
-                if n - pos > mcl:
-                    raise errors.MAX_CONTROL_LINE
-                self._buf = bytearray(data[pos:])
-                self._need = 0
+                self._keep_partial_line(data, pos)
                 return
             if nl - pos > mcl:
-                raise errors.MAX_CONTROL_LINE
+                self._check_line_length(data, pos, nl)
             if startswith(b"PUB ", pos):
-                args = data[pos + 4 : nl].split()
-                nargs = len(args)
-                if nargs == 2:
-                    subject, raw_size = args
-                    reply = b""
-                elif nargs == 3:
-                    subject, reply, raw_size = args
-                else:
-                    raise errors.BAD_ARGUMENTS
-                if not raw_size.isdigit():
-                    raise errors.BAD_ARGUMENTS
-                size = int(raw_size)
+                line = data[pos + 4 : nl]
+                known = pub_lines_get(line)
+                if known is None:
+                    known = _pub_line(line)
+                subject, reply, size = known
                 if size > max_payload:
                     raise errors.MAX_PAYLOAD
                 start = nl + 1
@@ -145,34 +237,12 @@ class ClientParser:
                     append(new(Pub, (subject, reply, 0, data[start:stop])))
                     pos = stop + 2
                     continue
-                self._take_payload(data, start, subject, reply, 0, size, events)
+                self._take_payload(data, start, size, (subject, reply, 0), events)
                 return
             end = nl - 1 if nl > pos and data[nl - 1] == 13 else nl
             pos = self._control(data, pos, end, nl, events)
             if pos < 0:
                 return
-
-    def _take_payload(
-        self,
-        data: bytes,
-        start: int,
-        subject: bytes,
-        reply: bytes,
-        hdr: int,
-        size: int,
-        events: list[Event],
-    ) -> int:
-        """Emit the message if its payload is complete; else keep it. -1 = wait."""
-        stop = start + size
-        if stop + 2 > len(data):
-            self._pending = (subject, reply, hdr, size)
-            self._buf = bytearray(data[start:])
-            self._need = size + 2
-            return -1
-        if data[stop] != 13 or data[stop + 1] != 10:
-            raise errors.UNKNOWN_OP
-        events.append(_new_pub(Pub, (subject, reply, hdr, data[start:stop])))
-        return stop + 2
 
     def _control(self, data: bytes, pos: int, end: int, nl: int, events: list[Event]) -> int:
         """Every operation but the plain upper-case ``PUB`` fast path."""
@@ -227,7 +297,7 @@ class ClientParser:
             raise errors.BAD_ARGUMENTS
         if size > self.max_payload:
             raise errors.MAX_PAYLOAD
-        return self._take_payload(data, nl + 1, subject, reply, 0, size, events)
+        return self._take_payload(data, nl + 1, size, (subject, reply, 0), events)
 
     def _hpub(self, data: bytes, arg: bytes, nl: int, events: list[Event]) -> int:
         args = _split_args(arg)
@@ -242,7 +312,7 @@ class ClientParser:
             raise errors.BAD_ARGUMENTS
         if total > self.max_payload:
             raise errors.MAX_PAYLOAD
-        return self._take_payload(data, nl + 1, subject, reply, hdr, total, events)
+        return self._take_payload(data, nl + 1, total, (subject, reply, hdr), events)
 
     @staticmethod
     def _sub(arg: bytes) -> Sub:
@@ -261,6 +331,6 @@ class ClientParser:
         if len(args) == 2:
             # nats-server reads a malformed or non-positive maximum as "remove now".
             raw = args[1]
-            max_msgs = int(raw) if raw.isdigit() else 0
+            max_msgs = int(raw) if raw.isdigit() and len(raw) <= 9 else 0
             return Unsub(args[0], max_msgs if max_msgs > 0 else None)
         raise errors.BAD_ARGUMENTS

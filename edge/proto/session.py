@@ -44,27 +44,46 @@ class ConnectOptions:
     nkey: str | None = None
     sig: str | None = None
     jwt: str | None = None
+    account: str | None = None
+    new_account: bool = False
 
 
 DEFAULT_OPTIONS = ConnectOptions()
 
 
-def parse_connect(raw: bytes) -> ConnectOptions:
-    """Decode a CONNECT argument, raising the error nats-server would give."""
+def _decode_connect(raw: bytes) -> dict[str, Any]:
+    """The CONNECT JSON as nats-server reads it into its options struct.
+
+    Go's decoder matches keys case-insensitively (a later key wins) and treats
+    ``null`` as "no options", so both are honoured here.
+    """
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise errors.BAD_CONNECT from None
+    if obj is None:
+        return {}
     if not isinstance(obj, dict):
         raise errors.BAD_CONNECT
+    return {str(k).lower(): v for k, v in obj.items()}
+
+
+def parse_connect(raw: bytes) -> ConnectOptions:
+    """Decode a CONNECT argument; a field of the wrong JSON type closes silently.
+
+    Only the types are checked here; what the values mean (protocol range,
+    no_responders without headers, account fields) is judged by
+    ``ClientSession.connect`` after authentication, in nats-server's order.
+    """
+    obj = _decode_connect(raw)
     values: dict[str, Any] = {}
     for key in _BOOL_FIELDS:
-        if key in obj and obj[key] is not None:
+        if obj.get(key) is not None:
             if not isinstance(obj[key], bool):
                 raise errors.BAD_CONNECT
             values[key] = obj[key]
     for key in _STR_FIELDS:
-        if key in obj and obj[key] is not None:
+        if obj.get(key) is not None:
             if not isinstance(obj[key], str):
                 raise errors.BAD_CONNECT
             values["password" if key == "pass" else key] = obj[key]
@@ -73,13 +92,27 @@ def parse_connect(raw: bytes) -> ConnectOptions:
         protocol = 0
     if not isinstance(protocol, int) or isinstance(protocol, bool):
         raise errors.BAD_CONNECT
-    if protocol < 0 or protocol > 1:
-        raise errors.INVALID_PROTOCOL
     values["protocol"] = protocol
-    options = ConnectOptions(**values)
+    account = obj.get("account")
+    if account is not None and not isinstance(account, str):
+        raise errors.BAD_CONNECT
+    new_account = obj.get("new_account")
+    if new_account is not None and not isinstance(new_account, bool):
+        raise errors.BAD_CONNECT
+    values["account"] = account or None
+    values["new_account"] = bool(new_account)
+    return ConnectOptions(**values)
+
+
+def check_connect_values(options: ConnectOptions) -> None:
+    """The checks nats-server makes once the client is authenticated."""
+    if options.account is not None or options.new_account:
+        # Clients may not pick their account; the server binds it from the credentials.
+        raise errors.AUTH_VIOLATION
+    if options.protocol < 0 or options.protocol > 1:
+        raise errors.INVALID_PROTOCOL
     if options.no_responders and not options.headers:
         raise errors.NO_RESPONDERS_NEEDS_HEADERS
-    return options
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +160,7 @@ class ClientSession:
         options = parse_connect(raw)
         if not self.connected and not authenticate(options, self.creds):
             raise errors.AUTH_VIOLATION
+        check_connect_values(options)
         self.options = options
         self.connected = True
         return options
@@ -137,25 +171,29 @@ class ClientSession:
             raise errors.AUTH_VIOLATION
 
     def check_subscribe(self, subject: bytes) -> None:
-        if not is_valid_subject(subject):
-            raise errors.INVALID_SUBJECT
+        # nats-server checks the limit first.
         if self.max_subscriptions and self.subscriptions >= self.max_subscriptions:
             raise errors.MAX_SUBSCRIPTIONS
+        if not is_valid_subject(subject):
+            raise errors.INVALID_SUBJECT
 
     def publish_subject_error(self, subject: bytes) -> errors.ProtocolError | None:
         """The non-fatal error for a publish subject, if any.
 
-        A subject with an empty token is refused in every mode; a subject with
-        wildcard tokens only draws an error from a pedantic client, and nats-server
-        still delivers it. The caller decides delivery with ``deliverable``.
+        Only a pedantic client is told: nats-server answers anything that is not
+        a valid literal subject with ``Invalid Publish Subject`` in pedantic mode
+        and says nothing otherwise. Whether the message is still delivered is
+        ``publish_deliverable``'s question.
         """
-        if is_valid_publish_subject(subject):
-            return None
-        if not is_valid_subject(subject):
+        if self.options.pedantic and not is_valid_publish_subject(subject):
             return errors.INVALID_PUBLISH_SUBJECT
-        return errors.INVALID_PUBLISH_SUBJECT if self.options.pedantic else None
+        return None
 
 
 def publish_deliverable(subject: bytes) -> bool:
-    """Whether a publish subject can be routed at all (no empty tokens, no spaces)."""
-    return is_valid_subject(subject)
+    """Whether a publish subject can be routed: every token non-empty.
+
+    A published subject is literal: wildcard characters in it, even a ``>``
+    that is not last, are delivered to the subscriptions that match them.
+    """
+    return bool(subject) and b".." not in subject and subject[:1] != b"." and subject[-1:] != b"."

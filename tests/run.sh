@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The single test command, for a fresh Debian machine (run as root or with sudo):
+#   bash tests/run.sh [pytest args...]
+# Installs the system packages the tests use when they are missing (nats-server is the
+# reference server the differential tests compare against), installs the project with
+# its test extras, then runs pytest under a time limit and exits with pytest's status.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON="${PYTHON:-python3}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-900}"  # seconds for the whole pytest run
+
+have() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
+}
+
+missing=()
+if [ -n "${NATS_SERVER_BIN:-}" ]; then
+    have "$NATS_SERVER_BIN" || { echo "NATS_SERVER_BIN=$NATS_SERVER_BIN not found" >&2; exit 1; }
+else
+    have nats-server || missing+=(nats-server)
+fi
+have mosquitto || missing+=(mosquitto)
+have socat || missing+=(socat)
+"$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    SUDO=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || {
+            echo "missing packages (${missing[*]}); run as root or install sudo" >&2
+            exit 1
+        }
+        SUDO=(sudo)
+    fi
+    echo "run.sh: installing ${missing[*]}" >&2
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+fi
+
+# Debian marks its Python "externally managed"; a throwaway test machine may install
+# into it (inside a virtualenv this variable changes nothing).
+PIP_BREAK_SYSTEM_PACKAGES=1 "$PYTHON" -m pip install -q -e '.[test]'
+
+rc=0
+timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider "$@" || rc=$?
+case "$rc" in
+    0) ;;
+    5) echo "run.sh: pytest collected no tests; treating that as a failure" >&2; rc=1 ;;
+    124|137) echo "run.sh: tests exceeded ${TEST_TIMEOUT}s and were stopped" >&2 ;;
+esac
+exit "$rc"

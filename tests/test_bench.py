@@ -1,0 +1,88 @@
+"""Smoke test of the side-by-side benchmark (edge/bench.py).
+
+Runs nats-server against nats-server for now, so it works before leafgate serves
+clients; switch ``--leafgate-cmd`` to the real leafgate once it does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge import bench
+
+NATS_SERVER = (
+    os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server") or "/usr/sbin/nats-server"
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(NATS_SERVER).is_file(), reason="nats-server not installed"),
+]
+
+
+def test_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    rc = bench.main(
+        [
+            "--cases",
+            "pub_sub_128,reqrep_seq,rss_idle",
+            "--duration",
+            "0.5",
+            "--runs",
+            "1",
+            "--nats-server",
+            NATS_SERVER,
+            "--leafgate-cmd",
+            NATS_SERVER,
+            "--json",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    data = json.loads(out.read_text())
+    assert set(data["cases"]) == {"pub_sub_128", "reqrep_seq", "rss_idle"}
+    for name, case in data["cases"].items():
+        for side in ("nats", "leafgate"):
+            value = case[side]["value"]
+            assert isinstance(value, float) and value > 0, (name, side, case[side])
+            assert case[side]["errors"] == []
+        assert case["ratio"] > 0
+    assert (
+        data["cases"]["reqrep_seq"]["nats"]["p99"] >= data["cases"]["reqrep_seq"]["nats"]["value"]
+    )
+    for name in data["cases"]:
+        assert name in printed
+
+
+def test_bench_rejects_unknown_case() -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--cases", "nope"])
+
+
+def test_bench_reports_failed_start(tmp_path: Path) -> None:
+    """A server that cannot start makes the case fail with a reason, not a number."""
+    out = tmp_path / "bench.json"
+    rc = bench.main(
+        [
+            "--cases",
+            "rss_idle",
+            "--runs",
+            "1",
+            "--only",
+            "leafgate",
+            "--leafgate-cmd",
+            "false",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 1
+    side = json.loads(out.read_text())["cases"]["rss_idle"]["leafgate"]
+    assert side["value"] is None
+    assert "exited at start" in side["errors"][0]
