@@ -87,9 +87,13 @@ class RemoteConfig:
     deny_exports: tuple[str, ...] = ()
     allow_imports: tuple[str, ...] = ()
     deny_imports: tuple[str, ...] = ()
-    # Reconnect: first delay, cap of the jittered exponential backoff.
-    reconnect_delay: float = 1.0
-    reconnect_max: float = 30.0
+    # Reconnect after a lost link or a refused dial: jittered exponential backoff
+    # from reconnect_delay up to reconnect_max. The cap is low on purpose: a
+    # refused dial costs the hub almost nothing, and the link must be back within
+    # two seconds of the hub returning. (Credential and permission errors back off
+    # on their own, much longer schedule.)
+    reconnect_delay: float = 0.25
+    reconnect_max: float = 1.5
     # Also try the leafnode URLs the hub advertises (cluster members).
     use_advertised_urls: bool = True
     connect_timeout: float = 5.0

@@ -210,7 +210,8 @@ class ClientConnection:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
-                self.send(info)
+                if info:
+                    self.send(info)
                 nursery.start_soon(self._reader, auth_timeout)
                 await self._writer()
                 nursery.cancel_scope.cancel()

@@ -47,18 +47,40 @@ class Subscription:
         return f"Subscription({self.subject!r}, queue={self.queue!r}, sid={self.sid!r})"
 
 
+class Link(Protocol):
+    """What the router needs from a leafnode uplink (see edge.uplink)."""
+
+    def interest_added(self, subject: bytes, queue: bytes | None) -> None: ...
+    def interest_removed(self, subject: bytes, queue: bytes | None) -> None: ...
+    def forward(
+        self,
+        subject: bytes,
+        reply: bytes,
+        hdr: int,
+        data: bytes,
+        local_queues: tuple[tuple[bytes, tuple[Subscription, ...]], ...],
+    ) -> bool: ...
+
+
 class Router:
-    __slots__ = ("messages_in", "sublist")
+    __slots__ = ("links", "messages_in", "sublist")
 
     def __init__(self, cache_size: int = 4096) -> None:
         self.sublist: Sublist[Subscription] = Sublist(cache_size)
         self.messages_in = 0
+        # Uplinks to hubs; each hears about every local interest change and is
+        # offered every local message after local delivery.
+        self.links: list[Link] = []
 
     def subscribe(self, sub: Subscription) -> None:
         self.sublist.insert(sub.subject, sub.queue, sub)
+        for link in self.links:
+            link.interest_added(sub.subject, sub.queue)
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self.sublist.remove(sub.subject, sub.queue, sub)
+        if self.sublist.remove(sub.subject, sub.queue, sub):
+            for link in self.links:
+                link.interest_removed(sub.subject, sub.queue)
 
     def match(self, subject: bytes) -> SublistResult[Subscription]:
         return self.sublist.match(subject)
@@ -66,9 +88,14 @@ class Router:
     def publish(
         self, origin: Subscriber | None, subject: bytes, reply: bytes, hdr: int, data: bytes
     ) -> bool:
-        """Deliver one message. Returns False when nothing at all matched."""
+        """Deliver one local message here and offer it to the uplinks.
+
+        Returns False when nobody at all (local or hub) wanted it.
+        """
         plain, queues = self.sublist.match(subject)
         if not plain and not queues:
+            if self.links:
+                return self._forward(origin, subject, reply, hdr, data, queues)
             return False
         if origin is not None and not origin.echo:
             for sub in plain:
@@ -76,13 +103,50 @@ class Router:
                     sub.client.deliver(sub, subject, reply, hdr, data)
             for _queue, members in queues:
                 self._deliver_queue(members, origin, subject, reply, hdr, data)
-            return True
+        else:
+            for sub in plain:
+                sub.client.deliver(sub, subject, reply, hdr, data)
+            for _queue, members in queues:
+                sub = members[int(random() * len(members))] if len(members) > 1 else members[0]
+                sub.client.deliver(sub, subject, reply, hdr, data)
+        if self.links:
+            self._forward(origin, subject, reply, hdr, data, queues)
+        return True
+
+    def _forward(
+        self,
+        origin: object,
+        subject: bytes,
+        reply: bytes,
+        hdr: int,
+        data: bytes,
+        queues: tuple[tuple[bytes, tuple[Subscription, ...]], ...],
+    ) -> bool:
+        sent = False
+        for link in self.links:
+            if link is not origin and link.forward(subject, reply, hdr, data, queues):
+                sent = True
+        return sent
+
+    def deliver_from_link(
+        self,
+        link: object,
+        subject: bytes,
+        reply: bytes,
+        hdr: int,
+        data: bytes,
+        queue_names: tuple[bytes, ...],
+    ) -> None:
+        """A message from a hub: every local plain subscriber, and one member of
+        each local queue group the hub named (it picked our group for it)."""
+        plain, queues = self.sublist.match(subject)
         for sub in plain:
             sub.client.deliver(sub, subject, reply, hdr, data)
-        for _queue, members in queues:
-            sub = members[int(random() * len(members))] if len(members) > 1 else members[0]
-            sub.client.deliver(sub, subject, reply, hdr, data)
-        return True
+        if queue_names:
+            for name, members in queues:
+                if name in queue_names:
+                    sub = members[int(random() * len(members))]
+                    sub.client.deliver(sub, subject, reply, hdr, data)
 
     @staticmethod
     def _deliver_queue(

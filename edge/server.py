@@ -44,6 +44,7 @@ from edge.proto.errors import CloseReason
 from edge.proto.ids import new_server_id
 from edge.proto.session import Credentials
 from edge.router import Router
+from edge.uplink import Uplink
 
 log = get_logger("edge.server")
 
@@ -74,10 +75,12 @@ class Server:
         self.server_id = new_server_id()
         self.name = config.server_name or self.server_id
         self.router = Router()
+        self.version = leafgate_version()
         self.credentials = Credentials(
             user=config.auth.user, password=config.auth.password, token=config.auth.token
         )
         self.clients: dict[int, ClientConnection] = {}
+        self.uplinks: list[Uplink] = []
         self.stats = ServerStats()
         self.port = 0
         self.host = config.host
@@ -144,6 +147,11 @@ class Server:
         )
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as services:
+                # Uplinks first: they must hear about every local subscription.
+                for index, remote in enumerate(self.config.leafnodes.remotes):
+                    uplink = Uplink(self, remote, index)
+                    self.uplinks.append(uplink)
+                    await services.start(uplink.run)
                 services.start_soon(self._accept_loop, listeners, connections)
                 services.start_soon(self._keepalive)
                 services.start_soon(self._watch_lame_duck)
@@ -181,8 +189,10 @@ class Server:
                 ip=client.ip,
                 max_connections=self.config.max_connections,
             )
+            # nats-server still sends INFO first, then the error.
+            client.send(self.info_for(client))
             client.close(errors.MAX_CONNECTIONS.reason, errors.MAX_CONNECTIONS.wire())
-            await client.run(self.info_for(client), None)
+            await client.run(b"", None)
             return
         self.clients[client.cid] = client
         auth_timeout = self.config.auth.timeout if self.credentials.required else None

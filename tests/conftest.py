@@ -13,7 +13,7 @@ failed; the server log tail is attached to the report of a failed test.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,7 +137,9 @@ def both(
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the server log tails to the report of a failed test."""
     rep = yield
     if rep.failed and rep.when in ("setup", "call"):

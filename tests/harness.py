@@ -684,6 +684,12 @@ class _Conn:
     def count(self, op: str) -> int:
         return sum(1 for f in self.result.frames if f.op == op)
 
+    def greeted(self) -> bool:
+        return bool(self.result.frames) or self.result.closed
+
+    def is_closed(self) -> bool:
+        return self.result.closed
+
     async def reader(self) -> None:
         client = self.client
         while True:
@@ -756,9 +762,7 @@ async def run_session(
                 client = await RawClient.connect(port, timeout=timeout)
                 conn = conns[name] = _Conn(name, client)
                 nursery.start_soon(conn.reader)
-                if not await conn.wait_for(
-                    lambda c=conn: bool(c.result.frames) or c.result.closed, timeout
-                ):
+                if not await conn.wait_for(conn.greeted, timeout):
                     conn.result.timed_out = True
             return conn
 
@@ -793,10 +797,10 @@ async def run_session(
                 if not conn.result.closed:
                     conn.result.client_closed = True
                     await conn.client.aclose()
-                    await conn.wait_for(lambda c=conn: c.result.closed, timeout)
+                    await conn.wait_for(conn.is_closed, timeout)
             elif isinstance(step, WaitClosed):
                 conn = await get(step.conn)
-                if not await conn.wait_for(lambda c=conn: c.result.closed, step.timeout):
+                if not await conn.wait_for(conn.is_closed, step.timeout):
                     conn.result.timed_out = True
             else:  # pragma: no cover - a bad table entry
                 raise TypeError(f"unknown step {step!r}")
@@ -825,7 +829,7 @@ def normalise_info(info: dict[str, Any], port: int | None = None) -> dict[str, A
         if key in _INFO_IGNORED:
             continue
         if key == "server_id":
-            ok = isinstance(value, str) and _NKEY_ID.fullmatch(value)
+            ok = isinstance(value, str) and _NKEY_ID.fullmatch(value) is not None
             out[key] = "<nkey-id>" if ok else value
         elif key == "server_name":
             out[key] = "<server_id>" if value == sid else "<name>"

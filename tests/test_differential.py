@@ -102,7 +102,9 @@ def session(
     args: tuple[str, ...] = (),
     config: Config | None = None,
 ) -> Session:
-    exp = dict(expect) if isinstance(expect, dict) else {"c": list(expect)}
+    exp: dict[str, Sequence[str]] = (
+        dict(expect) if isinstance(expect, dict) else {"c": list(expect)}
+    )
     return Session(name, steps, exp, args, config)
 
 
@@ -627,7 +629,7 @@ class PairPool:
         pair = self.pairs.get(key)
         if pair is None:
             nats = start_nats_server(
-                *args, config_text=config and config.nats, tmp_path=self.workdir
+                *args, config_text=config.nats if config else None, tmp_path=self.workdir
             )
             try:
                 lg = self._start_leafgate(args, config)

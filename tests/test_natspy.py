@@ -63,7 +63,7 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str =
         await asyncio.sleep(0.01)
 
 
-async def settle(nc: Client, timeout: float = 5.0) -> None:
+async def settle(nc: Client, timeout: int = 5) -> None:
     """Wait until the server processed everything ``nc`` sent so far.
 
     One ``flush()`` is not enough with nats-py 2.16: it writes its PING straight to the
