@@ -11,6 +11,7 @@ Flags follow nats-server's, so ``leafgate -p 4223 -DV`` works where
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from collections.abc import Sequence
@@ -19,10 +20,13 @@ from typing import Any, NoReturn
 from edge.config import (
     LOG_FORMATS,
     ConfigError,
+    RemoteConfig,
     ServerConfig,
     apply_overrides,
     format_size,
     load_config,
+    mask_url,
+    parse_leaf_url,
     parse_size,
 )
 
@@ -111,6 +115,14 @@ def _size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _hub_url_arg(text: str) -> str:
+    try:
+        parse_leaf_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _port_arg(text: str) -> int:
@@ -227,6 +239,31 @@ def _add_server_flags(parser: _Parser) -> None:
     auth.add_argument("--user", dest="user", metavar="USER", help="required user name")
     auth.add_argument("--pass", dest="password", metavar="PASSWORD", help="required password")
     auth.add_argument("--auth", dest="token", metavar="TOKEN", help="required token")
+
+    hub = _Group(parser, "leafnode link to a hub (the first [[leafnodes.remotes]])")
+    hub.add_argument(
+        "--hub",
+        dest="hub",
+        action="append",
+        type=_hub_url_arg,
+        metavar="URL",
+        help="hub leafnode URL, e.g. nats-leaf://hub.example:7422 or tls://hub.example:7422; "
+        "repeat for more URLs of the same hub (one remote, URLs kept in order). "
+        "Replaces the URLs of the config file's first remote",
+    )
+    hub.add_argument(
+        "--hub-creds",
+        dest="hub_creds",
+        metavar="FILE",
+        help="credentials (.creds) file for the hub link; replaces the first remote's "
+        "other authentication",
+    )
+    hub.add_argument(
+        "--hub-account",
+        dest="hub_account",
+        metavar="NAME",
+        help="hub account the link must be bound to (first remote)",
+    )
 
     log = _Group(parser, "logging")
     log.add_argument(
@@ -349,7 +386,43 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         log["format"] = args.log_format
     if log:
         changes["log"] = log
+
+    remotes = _hub_remotes(config, args)
+    if remotes is not None:
+        changes["leafnodes"] = {"remotes": remotes}
     return apply_overrides(config, **changes)
+
+
+def _hub_remotes(config: ServerConfig, args: argparse.Namespace) -> tuple[RemoteConfig, ...] | None:
+    """The leafnode remotes after --hub/--hub-creds/--hub-account, or None if
+    none of them was given. They build or change the first remote."""
+    urls: list[str] | None = getattr(args, "hub", None)
+    creds: str | None = getattr(args, "hub_creds", None)
+    account: str | None = getattr(args, "hub_account", None)
+    if urls is None and creds is None and account is None:
+        return None
+    remotes = list(config.leafnodes.remotes)
+    if urls is not None:
+        if remotes:
+            remotes[0] = dataclasses.replace(remotes[0], urls=tuple(urls))
+        else:
+            remotes.append(RemoteConfig(urls=tuple(urls)))
+    elif not remotes:
+        flag = "--hub-creds" if creds is not None else "--hub-account"
+        raise ConfigError(
+            flag, "no hub to apply it to: give --hub URL or a [[leafnodes.remotes]] in the config"
+        )
+    first = remotes[0]
+    if creds is not None:
+        # Like --auth over a file's user: the flag's credentials replace the
+        # file's way of authenticating.
+        first = dataclasses.replace(
+            first, credentials=creds, nkey_seed=None, user=None, password=None, token=None
+        )
+    if account is not None:
+        first = dataclasses.replace(first, account=account)
+    remotes[0] = first
+    return tuple(remotes)
 
 
 def version() -> str:
@@ -393,11 +466,42 @@ def describe(config: ServerConfig) -> list[str]:
         f"log:               {level}, format {config.log.format}, "
         f"to {config.log.logfile or 'stderr'}",
     ]
+    if not config.leafnodes.remotes:
+        lines.append("leafnode remotes:  none")
+    for i, remote in enumerate(config.leafnodes.remotes):
+        lines.append(f"leafnode remote {i}: {', '.join(mask_url(u) for u in remote.urls)}")
+        lines.append(f"                   {_describe_remote(remote)}")
     if config.pid_file:
         lines.append(f"pid_file:          {config.pid_file}")
     if config.ports_file_dir:
         lines.append(f"ports_file_dir:    {config.ports_file_dir}")
     return lines
+
+
+def _describe_remote(remote: RemoteConfig) -> str:
+    """Account, authentication, TLS and reconnect of one remote; no secrets."""
+    urls = [parse_leaf_url(url) for url in remote.urls]  # validated already
+    account = f"account {remote.account}" if remote.account else "any account"
+    if remote.credentials is not None:
+        auth = f"credentials {remote.credentials}"
+    elif remote.nkey_seed is not None:
+        auth = f"nkey {remote.nkey_seed}"
+    elif remote.token is not None:
+        auth = "token"
+    elif remote.user is not None:
+        auth = f"user {remote.user!r} with password"
+    elif any(url.user is not None for url in urls):
+        auth = "user:password in the URL"
+    else:
+        auth = "no authentication"
+    if remote.tls is not None or all(url.tls for url in urls):
+        tls = "TLS"
+    elif any(url.tls for url in urls):
+        tls = "TLS for the tls:// URLs"
+    else:
+        tls = "no TLS"
+    reconnect = f"reconnect {remote.reconnect_delay:g}s..{remote.reconnect_max:g}s"
+    return f"{account}, {auth}, {tls}, {reconnect}"
 
 
 def _print_valid(config: ServerConfig) -> None:

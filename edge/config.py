@@ -10,17 +10,27 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
+import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from edge.subjects import is_valid_subject
 
 KIB = 1024
 MIB = 1024 * 1024
 
 DEFAULT_PORT = 4222
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_LEAF_PORT = 7422  # nats-server's leafnode port
+
+# URL schemes of a leafnode remote; "nats" is a synonym of "nats-leaf", "tls"
+# asks for TLS.
+LEAF_URL_SCHEMES = ("nats-leaf", "nats", "tls")
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,12 @@ class RemoteConfig:
     """One leafnode link to a hub (nats-server's ``leafnodes.remotes`` entry).
 
     ``urls`` take the forms ``nats-leaf://[user:pass@]host:port`` and
-    ``tls://host:port`` (``nats://`` is accepted as a synonym of ``nats-leaf://``).
+    ``tls://host:port`` (``nats://`` is accepted as a synonym of ``nats-leaf://``);
+    ``parse_leaf_url`` reads them. The port defaults to 7422. A ``user:pass@``
+    in a URL is that URL's user and password (percent-decoded); it excludes the
+    ``user``/``password``/``token``/``credentials``/``nkey_seed`` settings.
+
+    TLS is used for a URL when it is ``tls://`` or when ``tls`` is set.
     """
 
     urls: tuple[str, ...]
@@ -311,6 +326,132 @@ def _check_port_value(port: int) -> None:
         raise _Invalid(f"must be 0..65535 (or -1 for a random port), got {port}")
 
 
+@dataclass(frozen=True)
+class LeafURL:
+    """A parsed leafnode URL (see ``parse_leaf_url``)."""
+
+    scheme: str  # lower case, one of LEAF_URL_SCHEMES
+    host: str  # IPv6 addresses without brackets
+    port: int
+    user: str | None  # percent-decoded; set together with password
+    password: str | None
+    tls: bool  # the scheme is tls://
+
+
+_LEAF_URL_EXAMPLE = '"nats-leaf://hub.example:7422"'
+
+
+def parse_leaf_url(url: object) -> LeafURL:
+    """Read ``nats-leaf://[user:password@]host[:port]`` (also ``nats://``, ``tls://``).
+
+    The port defaults to 7422; the user and password are percent-decoded (a
+    password holding ``@``, ``:`` or ``/`` is written ``%40``, ``%3A``, ``%2F``).
+    Raises ValueError saying what is wrong; the message never contains the
+    password.
+    """
+    if not isinstance(url, str):
+        raise _Invalid(f"expected a URL like {_LEAF_URL_EXAMPLE}, got {_show(url)}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise _Invalid(f"expected a URL like {_LEAF_URL_EXAMPLE}, got {_show_url(url)}")
+    scheme = scheme.lower()
+    if scheme in ("ws", "wss"):
+        raise _Invalid(f"{scheme}:// (websocket) leafnode links are not supported yet")
+    if scheme not in LEAF_URL_SCHEMES:
+        raise _Invalid(
+            f'scheme "{scheme}" is not supported; use nats-leaf://, nats:// or tls://, '
+            f"like {_LEAF_URL_EXAMPLE}"
+        )
+    if any(c.isspace() for c in url):
+        raise _Invalid(f"must not contain spaces, got {_show_url(url)}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _Invalid(f"{exc}, got {_show_url(url)}") from None
+    if parts.path not in ("", "/") or "?" in rest or "#" in rest:
+        if "@" in parts.path + parts.query + parts.fragment:
+            raise _Invalid(
+                "a / ? or # in the user or password must be percent-encoded "
+                f"(%2F, %3F, %23), got {_show_url(url)}"
+            )
+        raise _Invalid(f"must be only scheme://host:port, got {_show_url(url)}")
+
+    user: str | None = None
+    password: str | None = None
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at:
+        user_text, colon, password_text = userinfo.partition(":")
+        try:
+            user = unquote(user_text, errors="strict")
+            password = unquote(password_text, errors="strict")
+        except UnicodeDecodeError:
+            raise _Invalid("user:password is not valid percent-encoded UTF-8") from None
+        if not user:
+            raise _Invalid(f"has an empty user name, got {_show_url(url)}")
+        if not colon or not password:
+            raise _Invalid(
+                f"has a user but no password (write user:password@host), got {_show_url(url)}"
+            )
+
+    host, port = _split_leaf_hostport(hostport, url)
+    return LeafURL(scheme, host, port, user, password, tls=scheme == "tls")
+
+
+def _split_leaf_hostport(hostport: str, url: str) -> tuple[str, int]:
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise _Invalid(f"unclosed [ in the host, got {_show_url(url)}")
+        host, after = hostport[1:end], hostport[end + 1 :]
+        if after and not after.startswith(":"):
+            raise _Invalid(f"unexpected text after the host, got {_show_url(url)}")
+        has_port, port_text = bool(after), after[1:]
+    else:
+        if hostport.count(":") > 1:
+            raise _Invalid(
+                f'an IPv6 address needs brackets, like "nats-leaf://[::1]:7422"; '
+                f"got {_show_url(url)}"
+            )
+        host, colon, port_text = hostport.partition(":")
+        has_port = bool(colon)
+    if not host:
+        raise _Invalid(f"has no host, got {_show_url(url)}")
+    if not has_port:
+        return host.lower(), DEFAULT_LEAF_PORT
+    if not port_text:
+        raise _Invalid(f"has an empty port, got {_show_url(url)}")
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise _Invalid(f"port must be 1..65535, got {_show_url(url)}")
+    return host.lower(), int(port_text)
+
+
+def mask_url(url: str) -> str:
+    """*url* with the password of a ``user:password@`` replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    end = len(rest)
+    for stop in "/?#":
+        found = rest.find(stop)
+        if found >= 0:
+            end = min(end, found)
+    userinfo, at, hostport = rest[:end].rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    masked = f"{user}:***" if colon else "***"
+    return f"{scheme}://{masked}@{hostport}{rest[end:]}"
+
+
+def _show_url(url: str) -> str:
+    """*url* for an error message: everything before the last ``@`` is hidden,
+    as a malformed URL may hold a password where ``mask_url`` does not look."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    if "@" in rest:
+        url = f"{head}{sep}***@{rest.rpartition('@')[2]}"
+    return _show(url)
+
+
 def _to_str(value: object) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"expected a string, got {_show(value)}")
@@ -334,24 +475,31 @@ def _to_int(value: object) -> int:
 # ---------------------------------------------------------------------------
 
 # Sections of the builder, one per dataclass the loader fills in.
-_SERVER, _AUTH, _LOG = "server", "auth", "log"
+_SERVER, _AUTH, _LOG, _LEAF = "server", "auth", "log", "leafnodes"
+# Sections of the builder of one leafnodes.remotes entry.
+_REMOTE, _TLS = "remote", "tls"
 
 
 class _Builder:
     """Keyword arguments for the config dataclasses, collected key by key."""
 
-    def __init__(self) -> None:
-        self.sections: dict[str, dict[str, Any]] = {_SERVER: {}, _AUTH: {}, _LOG: {}}
+    def __init__(self, *sections: str) -> None:
+        self.sections: dict[str, dict[str, Any]] = {
+            name: {} for name in sections or (_SERVER, _AUTH, _LOG, _LEAF)
+        }
         # (section, field) -> the config key that set it, to report two keys
         # that set the same thing (``listen`` and ``port``, ``logfile`` and
         # ``log_file``).
-        self._origin: dict[tuple[str, str], str] = {}
+        self.origin: dict[tuple[str, str], str] = {}
+        # One builder per leafnodes.remotes entry, with its key
+        # ("leafnodes.remotes[0]").
+        self.remotes: list[tuple[str, _Builder]] = []
 
     def set(self, section: str, name: str, value: Any, key: str) -> None:
-        previous = self._origin.get((section, name))
+        previous = self.origin.get((section, name))
         if previous is not None:
             raise ConfigError(key, f"conflicts with {previous}; set only one of them")
-        self._origin[(section, name)] = key
+        self.origin[(section, name)] = key
         self.sections[section][name] = value
 
 
@@ -389,6 +537,50 @@ def _table(handlers: Mapping[str, _Handler]) -> _Handler:
     return handle
 
 
+def _string_list(section: str, name: str, *, single: bool) -> _Handler:
+    """An array of strings, stored as a tuple; with *single*, a string is also
+    accepted (as nats-server accepts ``deny_exports = "a.>"``)."""
+
+    def handle(builder: _Builder, key: str, value: object) -> None:
+        if single and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise _Invalid(f"expected an array of strings, got {_show(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(f"{key}[{i}]", f"expected a string, got {_show(item)}")
+        builder.set(section, name, tuple(value), key)
+
+    return handle
+
+
+def _single_url(builder: _Builder, key: str, value: object) -> None:
+    builder.set(_REMOTE, "urls", (_to_str(value),), key)
+
+
+def _tls_table(handlers: Mapping[str, _Handler]) -> _Handler:
+    """``[leafnodes.remotes.tls]``: even an empty table turns TLS on."""
+    walk_table = _table(handlers)
+
+    def handle(builder: _Builder, key: str, value: object) -> None:
+        walk_table(builder, key, value)
+        builder.set(_REMOTE, "tls", True, key)
+
+    return handle
+
+
+def _remotes(builder: _Builder, key: str, value: object) -> None:
+    if not isinstance(value, list):
+        raise _Invalid(f"expected an array of tables ([[{key}]]), got {_show(value)}")
+    for i, item in enumerate(value):
+        item_key = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(item_key, f"expected a table, got {_show(item)}")
+        remote = _Builder(_REMOTE, _TLS)
+        _walk(remote, item, _REMOTE_KEYS, prefix=item_key + ".")
+        builder.remotes.append((item_key, remote))
+
+
 def _walk(
     builder: _Builder, table: Mapping[str, object], handlers: Mapping[str, _Handler], prefix: str
 ) -> None:
@@ -418,9 +610,49 @@ _AUTHORIZATION_KEYS: dict[str, _Handler] = {
     "timeout": _setting(_AUTH, "timeout", parse_duration),
 }
 
-# Top-level keys. To support a new table (leafnodes, store, mqtt, serial,
-# accounts): add its dataclass and a builder section, write a dict of
-# key -> handler like _AUTHORIZATION_KEYS, and register it here with _table().
+_TLS_CLIENT_KEYS: dict[str, _Handler] = {
+    "ca_file": _setting(_TLS, "ca_file", _to_str),
+    "cert_file": _setting(_TLS, "cert_file", _to_str),
+    "key_file": _setting(_TLS, "key_file", _to_str),
+    "handshake_first": _setting(_TLS, "handshake_first", _to_bool),
+    "server_name": _setting(_TLS, "server_name", _to_str),
+    "insecure_skip_verify": _setting(_TLS, "insecure_skip_verify", _to_bool),
+    "insecure": _setting(_TLS, "insecure_skip_verify", _to_bool),  # nats-server's name
+}
+
+# One [[leafnodes.remotes]] entry. Keys differing from the RemoteConfig field:
+# url/urls -> urls, nkey -> nkey_seed, reconnect -> reconnect_delay.
+_REMOTE_KEYS: dict[str, _Handler] = {
+    "url": _single_url,
+    "urls": _string_list(_REMOTE, "urls", single=False),
+    "account": _setting(_REMOTE, "account", _to_str),
+    "credentials": _setting(_REMOTE, "credentials", _to_str),
+    "nkey": _setting(_REMOTE, "nkey_seed", _to_str),
+    "user": _setting(_REMOTE, "user", _to_str),
+    "password": _setting(_REMOTE, "password", _to_str),
+    "token": _setting(_REMOTE, "token", _to_str),
+    "tls": _tls_table(_TLS_CLIENT_KEYS),
+    "allow_exports": _string_list(_REMOTE, "allow_exports", single=True),
+    "deny_exports": _string_list(_REMOTE, "deny_exports", single=True),
+    "allow_imports": _string_list(_REMOTE, "allow_imports", single=True),
+    "deny_imports": _string_list(_REMOTE, "deny_imports", single=True),
+    "reconnect": _setting(_REMOTE, "reconnect_delay", parse_duration),
+    "reconnect_max": _setting(_REMOTE, "reconnect_max", parse_duration),
+    "use_advertised_urls": _setting(_REMOTE, "use_advertised_urls", _to_bool),
+    "connect_timeout": _setting(_REMOTE, "connect_timeout", parse_duration),
+    "ping_interval": _setting(_REMOTE, "ping_interval", parse_duration),
+    "ping_max": _setting(_REMOTE, "ping_max", _to_int),
+}
+
+_LEAFNODES_KEYS: dict[str, _Handler] = {
+    # The reconnect delay of every remote that does not set its own.
+    "reconnect": _setting(_LEAF, "reconnect_delay", parse_duration),
+    "remotes": _remotes,
+}
+
+# Top-level keys. To support a new table (store, mqtt, serial, accounts): add
+# its dataclass and a builder section, write a dict of key -> handler like
+# _AUTHORIZATION_KEYS, and register it here with _table().
 _TOP_LEVEL_KEYS: dict[str, _Handler] = {
     "listen": _hostport(_SERVER, "host", "port"),
     "host": _setting(_SERVER, "host", _to_str),
@@ -449,6 +681,7 @@ _TOP_LEVEL_KEYS: dict[str, _Handler] = {
     "log_file": _setting(_LOG, "logfile", _to_str),
     "log_format": _setting(_LOG, "format", _to_str),
     "authorization": _table(_AUTHORIZATION_KEYS),
+    "leafnodes": _table(_LEAFNODES_KEYS),
 }
 
 
@@ -456,14 +689,46 @@ def config_from_dict(data: Mapping[str, object], file: str | None = None) -> Ser
     """A validated ServerConfig from parsed TOML. Errors do not carry ``file``."""
     builder = _Builder()
     _walk(builder, data, _TOP_LEVEL_KEYS, prefix="")
+    remotes, url_keys = _build_remotes(builder)
     config = ServerConfig(
         **builder.sections[_SERVER],
         auth=AuthConfig(**builder.sections[_AUTH]),
+        leafnodes=LeafnodesConfig(remotes=remotes),
         log=LogConfig(**builder.sections[_LOG]),
         config_file=file,
     )
-    validate(config)
+    _validate(config, url_keys)
     return config
+
+
+def _build_remotes(builder: _Builder) -> tuple[tuple[RemoteConfig, ...], list[str]]:
+    """The RemoteConfigs, and for each the key its URLs came from ("url"/"urls")."""
+    default_delay: float | None = builder.sections[_LEAF].get("reconnect_delay")
+    if default_delay is not None:
+        key = builder.origin[(_LEAF, "reconnect_delay")]
+        _check_seconds(key, default_delay, allow_zero=False)
+        if not builder.remotes:
+            raise ConfigError(
+                key, "set, but there is no [[leafnodes.remotes]] entry to apply it to"
+            )
+    remotes: list[RemoteConfig] = []
+    url_keys: list[str] = []
+    for item_key, draft in builder.remotes:
+        kwargs = dict(draft.sections[_REMOTE])
+        if "urls" not in kwargs:
+            raise ConfigError(item_key, f"needs url or urls, like url = {_LEAF_URL_EXAMPLE}")
+        url_keys.append(draft.origin[(_REMOTE, "urls")].rpartition(".")[2])
+        if kwargs.pop("tls", False):
+            kwargs["tls"] = TLSClientConfig(**draft.sections[_TLS])
+        if default_delay is not None:
+            kwargs.setdefault("reconnect_delay", default_delay)
+        remote = RemoteConfig(**kwargs)
+        # Without reconnect_max, a reconnect delay above the default cap is
+        # also the cap (a fixed delay, as nats-server's reconnect is).
+        if "reconnect_max" not in kwargs and remote.reconnect_max < remote.reconnect_delay:
+            remote = dataclasses.replace(remote, reconnect_max=remote.reconnect_delay)
+        remotes.append(remote)
+    return tuple(remotes), url_keys
 
 
 def load_config(path: str) -> ServerConfig:
@@ -537,7 +802,17 @@ def format_size(size: int) -> str:
 
 
 def validate(config: ServerConfig) -> None:
-    """Check ranges and cross-field rules. Errors name the config-file key."""
+    """Check ranges and cross-field rules. Errors name the config-file key.
+
+    Reads nothing but the credentials, nkey and TLS files of the leafnode
+    remotes, which must exist and be readable.
+    """
+    _validate(config, ())
+
+
+def _validate(config: ServerConfig, url_keys: Sequence[str]) -> None:
+    """``validate``; *url_keys* says, per remote, whether its URLs were given as
+    ``url`` or ``urls`` in the file (default ``urls``), for error messages."""
     _check_text("host", config.host, optional=False)
     _check_port("port", config.port)
     _check_text("server_name", config.server_name, optional=True)
@@ -579,6 +854,7 @@ def validate(config: ServerConfig) -> None:
     _check_text("pid_file", config.pid_file, optional=True)
 
     _validate_auth(config.auth)
+    _validate_leafnodes(config.leafnodes, url_keys)
     _validate_log(config.log)
 
 
@@ -596,6 +872,150 @@ def _validate_auth(auth: AuthConfig) -> None:
     _check_seconds("authorization.timeout", auth.timeout, allow_zero=False)
 
 
+def _validate_leafnodes(leafnodes: LeafnodesConfig, url_keys: Sequence[str]) -> None:
+    if not isinstance(leafnodes, LeafnodesConfig):
+        raise _fail("leafnodes", f"expected a LeafnodesConfig, got {_show(leafnodes)}")
+    if not isinstance(leafnodes.remotes, tuple | list):
+        raise _fail("leafnodes.remotes", f"expected a tuple, got {_show(leafnodes.remotes)}")
+    for i, remote in enumerate(leafnodes.remotes):
+        prefix = f"leafnodes.remotes[{i}]"
+        if not isinstance(remote, RemoteConfig):
+            raise _fail(prefix, f"expected a RemoteConfig, got {_show(remote)}")
+        _validate_remote(remote, prefix, url_keys[i] if i < len(url_keys) else "urls")
+
+
+def _validate_remote(remote: RemoteConfig, prefix: str, url_key: str) -> None:
+    """One remote; *url_key* is "url" (a single URL) or "urls"."""
+    urls = remote.urls
+    if not isinstance(urls, tuple | list):
+        raise _fail(f"{prefix}.urls", f"expected a tuple of URLs, got {_show(urls)}")
+    if not urls:
+        raise _fail(f"{prefix}.urls", f"must list at least one URL, like {_LEAF_URL_EXAMPLE}")
+    url_user_key: str | None = None  # the first URL carrying user:password
+    for j, url in enumerate(urls):
+        key = f"{prefix}.url" if url_key == "url" else f"{prefix}.urls[{j}]"
+        try:
+            parsed = parse_leaf_url(url)
+        except _Invalid as exc:
+            raise _fail(key, str(exc)) from None
+        if parsed.user is not None and url_user_key is None:
+            url_user_key = key
+
+    _check_text(f"{prefix}.account", remote.account, optional=True)
+    if remote.account is not None and any(c.isspace() for c in remote.account):
+        raise _fail(f"{prefix}.account", f"must not contain spaces, got {_show(remote.account)}")
+    _validate_remote_auth(remote, prefix, url_user_key)
+    if remote.tls is not None:
+        _validate_tls_client(remote.tls, f"{prefix}.tls")
+
+    for name in ("allow_exports", "deny_exports", "allow_imports", "deny_imports"):
+        _check_subjects(f"{prefix}.{name}", getattr(remote, name))
+
+    delay = _check_seconds(f"{prefix}.reconnect", remote.reconnect_delay, allow_zero=False)
+    cap = _check_seconds(f"{prefix}.reconnect_max", remote.reconnect_max, allow_zero=False)
+    if cap < delay:
+        raise _fail(
+            f"{prefix}.reconnect_max",
+            f"must be at least reconnect ({delay:g}s), got {cap:g}s",
+        )
+    if not isinstance(remote.use_advertised_urls, bool):
+        raise _fail(
+            f"{prefix}.use_advertised_urls",
+            f"expected true or false, got {_show(remote.use_advertised_urls)}",
+        )
+    _check_seconds(f"{prefix}.connect_timeout", remote.connect_timeout, allow_zero=False)
+    _check_seconds(f"{prefix}.ping_interval", remote.ping_interval, allow_zero=False)
+    _check_int(f"{prefix}.ping_max", remote.ping_max, 1)
+
+
+def _validate_remote_auth(remote: RemoteConfig, prefix: str, url_user_key: str | None) -> None:
+    """At most one way to authenticate: credentials, nkey, user/password (as
+    keys or in a URL) or token."""
+    for name in ("credentials", "nkey_seed", "user", "token"):
+        key = "nkey" if name == "nkey_seed" else name
+        _check_text(f"{prefix}.{key}", getattr(remote, name), optional=True)
+    if remote.password is not None:
+        _check_text(f"{prefix}.password", remote.password, optional=False)
+    if remote.user is not None and url_user_key is not None:
+        raise _fail(
+            f"{prefix}.user",
+            f"cannot be combined with the user:password in {url_user_key}; set only one of them",
+        )
+    methods = [
+        (key, label)
+        for key, label, present in (
+            (f"{prefix}.credentials", "credentials", remote.credentials is not None),
+            (f"{prefix}.nkey", "nkey", remote.nkey_seed is not None),
+            (f"{prefix}.user", "user", remote.user is not None),
+            (url_user_key, "the user:password in the URL", url_user_key is not None),
+            (f"{prefix}.token", "token", remote.token is not None),
+        )
+        if present and key is not None
+    ]
+    if len(methods) > 1:
+        key = methods[1][0]
+        what = "its user:password cannot" if key == url_user_key else "cannot"
+        raise _fail(key, f"{what} be combined with {methods[0][1]}; use one way to authenticate")
+    if remote.user is not None and remote.password is None:
+        raise _fail(f"{prefix}.user", "set without a password")
+    if remote.password is not None and remote.user is None:
+        raise _fail(f"{prefix}.password", "set without a user")
+    if remote.credentials is not None:
+        _check_readable(f"{prefix}.credentials", remote.credentials)
+    if remote.nkey_seed is not None:
+        _check_readable(f"{prefix}.nkey", remote.nkey_seed)
+
+
+def _validate_tls_client(tls: TLSClientConfig, prefix: str) -> None:
+    if not isinstance(tls, TLSClientConfig):
+        raise _fail(prefix, f"expected a TLSClientConfig, got {_show(tls)}")
+    for name in ("ca_file", "cert_file", "key_file", "server_name"):
+        _check_text(f"{prefix}.{name}", getattr(tls, name), optional=True)
+    for name in ("handshake_first", "insecure_skip_verify"):
+        if not isinstance(getattr(tls, name), bool):
+            raise _fail(
+                f"{prefix}.{name}", f"expected true or false, got {_show(getattr(tls, name))}"
+            )
+    if tls.server_name is not None and any(c.isspace() for c in tls.server_name):
+        raise _fail(
+            f"{prefix}.server_name", f"must not contain spaces, got {_show(tls.server_name)}"
+        )
+    if tls.cert_file is not None and tls.key_file is None:
+        raise _fail(f"{prefix}.cert_file", "set without key_file (the certificate's private key)")
+    if tls.key_file is not None and tls.cert_file is None:
+        raise _fail(f"{prefix}.key_file", "set without cert_file")
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is not None:
+            _check_readable(f"{prefix}.{name}", path)
+
+
+def _check_subjects(key: str, subjects: object) -> None:
+    if not isinstance(subjects, tuple | list):
+        raise _fail(key, f"expected a tuple of subjects, got {_show(subjects)}")
+    for j, subject in enumerate(subjects):
+        if not isinstance(subject, str):
+            raise _fail(f"{key}[{j}]", f"expected a string, got {_show(subject)}")
+        try:
+            valid = is_valid_subject(subject.encode("utf-8"))
+        except UnicodeEncodeError:
+            valid = False
+        if not valid:
+            raise _fail(f"{key}[{j}]", f"not a valid subject: {_show(subject)}")
+
+
+def _check_readable(key: str, path: str) -> None:
+    """*path* is a regular file we can open for reading (checked now rather
+    than at the first connection to the hub)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise _fail(key, f"{_show(path)} is not a regular file")
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _fail(key, f"cannot read {_show(path)}: {exc.strerror or exc}") from None
+
+
 def _validate_log(log: LogConfig) -> None:
     for key, flag in (("debug", log.debug), ("trace", log.trace)):
         if not isinstance(flag, bool):
@@ -609,13 +1029,14 @@ def _validate_log(log: LogConfig) -> None:
 def apply_overrides(config: ServerConfig, **changes: Any) -> ServerConfig:
     """A copy of *config* with *changes* applied, validated.
 
-    Keys are ServerConfig field names. ``auth`` and ``log`` may be given as a
-    mapping of field changes, merged into the current AuthConfig/LogConfig.
+    Keys are ServerConfig field names. ``auth``, ``leafnodes`` and ``log`` may
+    be given as a mapping of field changes, merged into the current
+    AuthConfig/LeafnodesConfig/LogConfig.
     An unknown field name is a TypeError (a programming error, not a config
     error). Validation errors carry no file name: the value may come from a
     flag rather than the file.
     """
-    for name in ("auth", "log"):
+    for name in ("auth", "leafnodes", "log"):
         sub = changes.get(name)
         if isinstance(sub, Mapping):
             changes[name] = dataclasses.replace(getattr(config, name), **sub)
