@@ -32,10 +32,10 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from importlib import metadata
 
 import trio
 
+from edge import __version__
 from edge.config import ServerConfig
 from edge.connection import PING, ClientConnection
 from edge.log import get_logger
@@ -55,10 +55,7 @@ TICK = 0.25
 
 
 def leafgate_version() -> str:
-    try:
-        return metadata.version("leafgate")
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
+    return __version__
 
 
 @dataclass

@@ -33,7 +33,6 @@ import trio
 
 from edge.config import RemoteConfig, parse_leaf_url
 from edge.log import get_logger
-from edge.nkeys import KeyPair, parse_creds
 from edge.proto.events import Info, ParseFailed, Ping, Pong
 from edge.proto.ids import nuid
 from edge.proto.leafnode import (
@@ -116,6 +115,9 @@ class Uplink:
     def _auth(self) -> LeafAuth:
         r = self.remote
         first = self.urls[0]
+        if r.credentials or r.nkey_seed:
+            # cryptography is imported only by gateways that sign (start-up time).
+            from edge.nkeys import KeyPair, parse_creds
         if r.credentials:
             with open(r.credentials) as f:
                 creds = parse_creds(f.read())

@@ -1,8 +1,6 @@
-"""Smoke test of the side-by-side benchmark (edge/bench.py).
-
-Runs nats-server against nats-server for now, so it works before leafgate serves
-clients; switch ``--leafgate-cmd`` to the real leafgate once it does.
-"""
+"""Smoke test of the side-by-side benchmark (edge/bench.py): real leafgate and a
+real nats-server, a short run, no figures asserted beyond "measured something"
+(speed is for the benchmark report, never for a timed unit test)."""
 
 from __future__ import annotations
 
@@ -19,10 +17,12 @@ NATS_SERVER = (
     os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server") or "/usr/sbin/nats-server"
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(NATS_SERVER).is_file(), reason="nats-server not installed"),
-]
+pytestmark = [pytest.mark.slow]
+
+
+def test_nats_server_is_installed() -> None:
+    # The benchmark needs the reference server; a missing one fails loudly.
+    assert Path(NATS_SERVER).is_file(), f"nats-server not found at {NATS_SERVER}"
 
 
 def test_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,8 +36,6 @@ def test_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
             "--runs",
             "1",
             "--nats-server",
-            NATS_SERVER,
-            "--leafgate-cmd",
             NATS_SERVER,
             "--json",
             str(out),
