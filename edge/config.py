@@ -202,8 +202,7 @@ def _show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        text = value if len(value) <= 60 else value[:57] + "..."
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _quote(value if len(value) <= 60 else value[:57] + "...")
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, dict):
@@ -439,6 +438,11 @@ def mask_url(url: str) -> str:
     user, colon, _ = userinfo.partition(":")
     masked = f"{user}:***" if colon else "***"
     return f"{scheme}://{masked}@{hostport}{rest[end:]}"
+
+
+def _quote(text: str) -> str:
+    """*text* as a TOML string, in full (file paths must not be shortened)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _show_url(url: str) -> str:
@@ -1009,11 +1013,11 @@ def _check_readable(key: str, path: str) -> None:
     than at the first connection to the hub)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
-            raise _fail(key, f"{_show(path)} is not a regular file")
+            raise _fail(key, f"{_quote(path)} is not a regular file")
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise _fail(key, f"cannot read {_show(path)}: {exc.strerror or exc}") from None
+        raise _fail(key, f"cannot read {_quote(path)}: {exc.strerror or exc}") from None
 
 
 def _validate_log(log: LogConfig) -> None:

@@ -330,7 +330,8 @@ class Uplink:
                 continue
             scheme = "tls" if dialed.tls else "nats-leaf"
             try:
-                found.append(parse_leaf_url(f"{scheme}://{host.strip('[]')}:{port}"))
+                # An IPv6 host comes bracketed ("[::1]:7422") and stays so in the URL.
+                found.append(parse_leaf_url(f"{scheme}://{host}:{port}"))
             except ValueError:
                 continue
         # Advertised URLs inherit the dialed URL's credentials.

@@ -16,7 +16,16 @@ import structlog
 from edge import cli
 from edge import log as edge_log
 from edge.cli import UNSUPPORTED_FLAGS, UnsupportedFlagError, build_config, main, parse_run_args
-from edge.config import MIB, AuthConfig, ConfigError, LogConfig, ServerConfig
+from edge.config import (
+    MIB,
+    AuthConfig,
+    ConfigError,
+    LeafnodesConfig,
+    LogConfig,
+    RemoteConfig,
+    ServerConfig,
+    TLSClientConfig,
+)
 
 
 def config_for(*argv: str) -> ServerConfig:
@@ -195,6 +204,236 @@ def test_bad_config_file_raises(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config_for("-c", path)
     assert info.value.file == path
+
+
+# --- hub flags -----------------------------------------------------------------
+
+HUB = "nats-leaf://hub.example:7422"
+
+
+@pytest.fixture
+def creds(tmp_path: Path) -> str:
+    path = tmp_path / "hub.creds"
+    path.write_text("x\n", encoding="utf-8")
+    return str(path)
+
+
+def test_hub_flag_builds_a_remote() -> None:
+    assert config_for("--hub", HUB).leafnodes == LeafnodesConfig(
+        remotes=(RemoteConfig(urls=(HUB,)),)
+    )
+
+
+def test_repeated_hub_flags_form_one_remote_in_order() -> None:
+    urls = ("tls://h2:7422", HUB, "nats://h3")
+    config = config_for("--hub", urls[0], "--hub", urls[1], "--hub=" + urls[2])
+    assert config.leafnodes.remotes == (RemoteConfig(urls=urls),)
+
+
+def test_go_style_hub_flags(creds: str) -> None:
+    config = config_for("-hub", HUB, "-hub-creds", creds, "-hub-account=TELEMETRY")
+    assert config.leafnodes.remotes == (
+        RemoteConfig(urls=(HUB,), credentials=creds, account="TELEMETRY"),
+    )
+
+
+def test_hub_flags_without_a_file(creds: str) -> None:
+    config = config_for("--hub-account", "ACC", "--hub", HUB, "--hub-creds", creds)
+    assert config.leafnodes.remotes == (
+        RemoteConfig(urls=(HUB,), credentials=creds, account="ACC"),
+    )
+
+
+FILE_REMOTES = """
+[[leafnodes.remotes]]
+urls = ["nats-leaf://file1:7422", "nats-leaf://file2:7422"]
+account = "FILE"
+user = "u"
+password = "p"
+deny_exports = ["private.>"]
+reconnect = "2s"
+[leafnodes.remotes.tls]
+server_name = "hub.example"
+
+[[leafnodes.remotes]]
+url = "nats-leaf://second:7422"
+"""
+
+
+def test_hub_flag_replaces_the_urls_of_the_first_file_remote(tmp_path: Path) -> None:
+    config = config_for("-c", write(tmp_path, FILE_REMOTES), "--hub", HUB, "--hub", "tls://b")
+    first, second = config.leafnodes.remotes
+    assert first.urls == (HUB, "tls://b")
+    # Everything else of the file's first remote stays, and the second is untouched.
+    assert (first.account, first.user, first.password) == ("FILE", "u", "p")
+    assert first.deny_exports == ("private.>",)
+    assert first.reconnect_delay == 2.0
+    assert first.tls == TLSClientConfig(server_name="hub.example")
+    assert second == RemoteConfig(urls=("nats-leaf://second:7422",))
+
+
+def test_hub_flag_order_does_not_matter_for_precedence(tmp_path: Path) -> None:
+    path = write(tmp_path, FILE_REMOTES)
+    assert config_for("--hub", HUB, "-c", path) == config_for("-c", path, "--hub", HUB)
+    assert config_for("--hub", HUB, "-c", path).leafnodes.remotes[0].urls == (HUB,)
+
+
+def test_hub_creds_applies_to_the_first_file_remote(tmp_path: Path, creds: str) -> None:
+    config = config_for("-c", write(tmp_path, FILE_REMOTES), "--hub-creds", creds)
+    first, second = config.leafnodes.remotes
+    assert first.urls == ("nats-leaf://file1:7422", "nats-leaf://file2:7422")
+    assert first.credentials == creds
+    # The flag's credentials replace the file's user/password, as --auth does.
+    assert (first.user, first.password) == (None, None)
+    assert first.account == "FILE"
+    assert second.credentials is None
+
+
+def test_hub_creds_replaces_a_file_nkey(tmp_path: Path, creds: str) -> None:
+    nkey = tmp_path / "hub.nk"
+    nkey.write_text("x")
+    path = write(tmp_path, f'[[leafnodes.remotes]]\nurl = "{HUB}"\nnkey = "{nkey}"\n')
+    (remote,) = config_for("-c", path, "--hub-creds", creds).leafnodes.remotes
+    assert (remote.credentials, remote.nkey_seed) == (creds, None)
+
+
+def test_hub_account_applies_to_the_first_file_remote(tmp_path: Path) -> None:
+    config = config_for("-c", write(tmp_path, FILE_REMOTES), "--hub-account", "FLAG")
+    assert [r.account for r in config.leafnodes.remotes] == ["FLAG", None]
+
+
+@pytest.mark.parametrize("flag", ["--hub-creds", "--hub-account"])
+def test_hub_settings_without_a_hub_are_an_error(
+    flag: str, creds: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    value = creds if flag == "--hub-creds" else "ACC"
+    with pytest.raises(ConfigError) as info:
+        config_for(flag, value)
+    assert info.value.key == flag
+    assert "give --hub URL or a [[leafnodes.remotes]]" in info.value.reason
+    # Also with a config file that has no remotes.
+    with pytest.raises(ConfigError) as info:
+        config_for("-c", write(tmp_path, "port = 4500\n"), flag, value)
+    assert info.value.key == flag
+    assert main([flag, value]) == 1
+    assert capsys.readouterr().err.startswith(f"leafgate: config error: {flag}: no hub")
+
+
+def test_hub_creds_file_must_exist(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.creds")
+    with pytest.raises(ConfigError) as info:
+        config_for("--hub", HUB, "--hub-creds", missing)
+    assert info.value.key == "leafnodes.remotes[0].credentials"
+    assert f'cannot read "{missing}"' in info.value.reason
+
+
+def test_hub_url_with_user_conflicts_with_file_user(tmp_path: Path) -> None:
+    path = write(tmp_path, FILE_REMOTES)
+    with pytest.raises(ConfigError) as info:
+        config_for("-c", path, "--hub", "nats-leaf://x:y@hub")
+    assert info.value.key == "leafnodes.remotes[0].user"
+    assert "user:password in leafnodes.remotes[0].urls[0]" in info.value.reason
+
+
+def test_hub_creds_conflicts_with_user_in_file_urls(tmp_path: Path, creds: str) -> None:
+    path = write(tmp_path, '[[leafnodes.remotes]]\nurl = "nats-leaf://x:y@hub"\n')
+    with pytest.raises(ConfigError) as info:
+        config_for("-c", path, "--hub-creds", creds)
+    assert info.value.key == "leafnodes.remotes[0].urls[0]"
+    assert "cannot be combined with credentials" in info.value.reason
+
+
+def test_bad_hub_account_names_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_for("--hub", HUB, "--hub-account", "A B")
+    assert info.value.key == "leafnodes.remotes[0].account"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ws://hub:443", "not supported yet"),
+        ("http://hub", 'scheme "http" is not supported'),
+        ("hub:7422", "expected a URL like"),
+        ("nats-leaf://hub:0", "port must be 1..65535"),
+        ("nats-leaf://u:hunter2@hub:99999", "port must be 1..65535"),
+    ],
+)
+def test_bad_hub_url_is_usage_error(
+    url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--hub", url]) == 2
+    err = capsys.readouterr().err
+    assert "argument --hub: " in err
+    assert message in err
+    assert "hunter2" not in err
+
+
+def test_check_config_takes_hub_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "port = 4500\n")
+    assert main(["check-config", "-c", path, "--hub", HUB, "--hub-account", "ACC"]) == 0
+    out = capsys.readouterr().out
+    assert f"leafnode remote 0: {HUB}" in out
+    assert "account ACC" in out
+
+
+def test_help_documents_hub_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--hub URL" in out
+    assert "--hub-creds FILE" in out
+    assert "--hub-account NAME" in out
+    assert "Replaces the URLs of the config file's first remote" in out
+
+
+# --- describe ------------------------------------------------------------------
+
+
+def test_describe_without_remotes() -> None:
+    assert "leafnode remotes:  none" in cli.describe(ServerConfig())
+
+
+def test_describe_lists_remotes_and_masks_passwords(creds: str) -> None:
+    remotes = (
+        RemoteConfig(
+            urls=("nats-leaf://u:hunter2@h1:7422", "tls://h2"),
+            account="TELEMETRY",
+            reconnect_delay=1.0,
+            reconnect_max=30.0,
+        ),
+        RemoteConfig(urls=("tls://h3",), credentials=creds),
+        RemoteConfig(urls=("nats-leaf://h4",), user="v", password="hunter3"),
+        RemoteConfig(urls=("nats-leaf://h5",), token="hunter4", tls=TLSClientConfig()),
+    )
+    default = RemoteConfig(urls=())
+    backoff = f"reconnect {default.reconnect_delay:g}s..{default.reconnect_max:g}s"
+    lines = cli.describe(ServerConfig(leafnodes=LeafnodesConfig(remotes=remotes)))
+    text = "\n".join(lines)
+    for secret in ("hunter2", "hunter3", "hunter4"):
+        assert secret not in text
+    start = lines.index("leafnode remote 0: nats-leaf://u:***@h1:7422, tls://h2")
+    assert lines[start + 1 :] == [
+        "                   account TELEMETRY, user:password in the URL, "
+        "TLS for the tls:// URLs, reconnect 1s..30s",
+        "leafnode remote 1: tls://h3",
+        f"                   any account, credentials {creds}, TLS, {backoff}",
+        "leafnode remote 2: nats-leaf://h4",
+        f"                   any account, user 'v' with password, no TLS, {backoff}",
+        "leafnode remote 3: nats-leaf://h5",
+        f"                   any account, token, TLS, {backoff}",
+    ]
+
+
+def test_t_flag_shows_the_hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-t", "--hub", "nats-leaf://leaf:s3cret@hub.example"]) == 0
+    out = capsys.readouterr().out
+    assert "leafnode remote 0: nats-leaf://leaf:***@hub.example" in out
+    assert "s3cret" not in out
+
+
+def test_run_passes_the_hub_to_the_server(fake_server: dict[str, Any]) -> None:
+    assert main(["run", "--hub", HUB]) == 7
+    assert fake_server["config"].leafnodes.remotes == (RemoteConfig(urls=(HUB,)),)
 
 
 # --- unsupported and unknown flags --------------------------------------------
