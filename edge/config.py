@@ -8,12 +8,10 @@ nats-server can read a leafgate config file without a manual.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -600,6 +598,8 @@ def _walk(
 
 
 def _unknown_key_reason(name: str, handlers: Mapping[str, _Handler]) -> str:
+    import difflib  # only on an error: keeps start-up fast
+
     close = difflib.get_close_matches(name, list(handlers), n=1, cutoff=0.75)
     if close:
         return f"unknown key (did you mean {close[0]}?)"
@@ -737,6 +737,8 @@ def _build_remotes(builder: _Builder) -> tuple[tuple[RemoteConfig, ...], list[st
 
 def load_config(path: str) -> ServerConfig:
     """Read and validate a TOML config file. Raises ConfigError naming the key."""
+    import tomllib  # imported here: a server started without a file never pays for it
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
