@@ -10,6 +10,12 @@ process per connection, raw sockets, publishers ``sendall`` a large pre-built bu
 of identical ``PUB`` commands, subscribers only count received bytes and divide by
 the exact size of one ``MSG`` frame.  Only the request/reply cases parse anything.
 
+The ``leaf_*`` cases measure the leafnode link instead: a fresh nats-server hub per
+run (``leafnodes { listen }``), and as the leaf either leafgate (``--hub``) or a
+nats-server with a ``leafnodes { remotes }`` config; load on one end of the link, the
+counting end on the other.  Both kinds of leaf may drop messages when the link is
+saturated (core NATS semantics), so the receiving end's count is what is reported.
+
 Run ``python -m edge.bench --help`` (or ``leafgate bench --help``) for the options.
 """
 
@@ -17,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import multiprocessing as mp
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -31,9 +39,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -67,6 +76,19 @@ REQREP_WINDOW = 32
 PAYLOAD_BYTE = b"x"
 OTHER_CPU_WARN = 0.2  # warn when unrelated processes used more CPU than this in a window
 
+# Leaf cases.
+HUB_NAME = "bench_hub"
+LEAF_NAME = "bench_leaf"
+UP_SUBJECT = b"up.x"  # leaf -> hub
+DOWN_SUBJECT = b"down.x"  # hub -> leaf
+PROBE_SUBJECT = b"bench.probe"  # link-up checks and interest barriers
+RECONNECT_SUBJECT = b"bench.reconnect"
+PROBE_INTERVAL = 0.02  # seconds between probe publishes
+LINK_TIMEOUT = 10.0  # the link coming up / interest crossing it
+RECONNECT_CYCLES = 3  # hub kill + restart cycles per run of leaf_reconnect
+RECONNECT_TIMEOUT = 15.0  # restarted hub accepting -> first probe through the new link
+NATS_LEAF_RECONNECT_DEFAULT = 1.0  # nats-server leafnodes.reconnect, left unset on purpose
+
 
 class BenchError(Exception):
     """A case could not be measured; the message is the reason shown in the report."""
@@ -81,6 +103,11 @@ class Case:
     unit: str
     higher_is_better: bool
     description: str
+
+    @property
+    def leaf(self) -> bool:
+        """The case runs a hub and a leaf (and needs nats-server for the hub)."""
+        return self.name.startswith("leaf_")
 
 
 CASES: dict[str, Case] = {
@@ -97,6 +124,30 @@ CASES: dict[str, Case] = {
         Case("rss_idle", "MiB", False, "VmRSS after start"),
         Case("rss_1000", "MiB", False, "VmRSS with 1000 idle connections"),
         Case("cold_start", "ms", False, "spawn to first INFO received"),
+        Case(
+            "leaf_up_128",
+            "msgs/s",
+            True,
+            "publisher on the leaf -> subscriber on the hub, 128 B, received/s",
+        ),
+        Case(
+            "leaf_down_128",
+            "msgs/s",
+            True,
+            "publisher on the hub -> subscriber on the leaf, 128 B, received/s",
+        ),
+        Case(
+            "leaf_reqrep_seq",
+            "p50/p99 us",
+            False,
+            "requester on the leaf, responder on the hub, sequential",
+        ),
+        Case(
+            "leaf_reconnect",
+            "ms",
+            False,
+            "hub killed + restarted: its leaf port accepting -> leaf msg at the hub",
+        ),
     )
 }
 
@@ -239,7 +290,7 @@ def _sleep_until(t: float) -> None:
 
 def _role_pub(conn: Connection, port: int, p: dict[str, Any]) -> dict[str, Any] | None:
     sock, buf = _handshake(port)
-    one = pub_frame(SUBJECT, p["size"])
+    one = pub_frame(p.get("subject", SUBJECT), p["size"])
     per_buf = max(1, PUB_BUFFER_BYTES // len(one))
     block = one * per_buf
     conn.send(("ready", None))
@@ -275,9 +326,10 @@ def _role_pub(conn: Connection, port: int, p: dict[str, Any]) -> dict[str, Any] 
 def _role_sub(conn: Connection, port: int, p: dict[str, Any]) -> dict[str, Any] | None:
     sid = b"1"
     queue = p.get("queue")
-    sub = b"SUB " + SUBJECT + (b" " + queue.encode() if queue else b"") + b" " + sid + b"\r\n"
+    subject = p.get("subject", SUBJECT)
+    sub = b"SUB " + subject + (b" " + queue.encode() if queue else b"") + b" " + sid + b"\r\n"
     sock, _ = _handshake(port, sub)
-    frame = msg_frame(SUBJECT, sid, p["size"])
+    frame = msg_frame(subject, sid, p["size"])
     flen = len(frame)
     conn.send(("ready", None))
     sched = _wait_go(conn)
@@ -501,6 +553,7 @@ class WorkerSpec:
     role: str
     params: dict[str, Any] = field(default_factory=dict)
     stop_after: bool = False  # runs until told to stop (after the measured ones finished)
+    port: int | None = None  # the server it connects to; None = the server under test
 
 
 def _pipe_recv(conn: Connection, deadline: float, what: str) -> Any:
@@ -516,12 +569,21 @@ def _pipe_recv(conn: Connection, deadline: float, what: str) -> Any:
 
 
 def _run_workers(
-    server: Server, specs: Sequence[WorkerSpec], warmup: float, duration: float
+    server: Server,
+    specs: Sequence[WorkerSpec],
+    warmup: float,
+    duration: float,
+    *,
+    hub: Server | None = None,
+    barrier: Callable[[], object] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Run one load pattern; return the worker results (in spec order) and CPU figures.
 
     ``server_cpu`` is the server's CPU use in the window (1.0 = one core busy),
-    ``other_cpu`` that of every process on the machine that is not part of this run.
+    ``hub_cpu`` the hub's (leaf cases), ``other_cpu`` that of every process on the
+    machine that is not part of this run.  ``barrier`` runs once every worker is
+    connected and subscribed, before the load starts (leaf cases: wait until the
+    workers' interest has crossed the link).
     """
     ctx = mp.get_context("fork")
     sys.stdout.flush()
@@ -531,7 +593,9 @@ def _run_workers(
         for spec in specs:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=_worker_main, args=(child, spec.role, server.port, spec.params), daemon=True
+                target=_worker_main,
+                args=(child, spec.role, spec.port or server.port, spec.params),
+                daemon=True,
             )
             proc.start()
             child.close()
@@ -539,16 +603,23 @@ def _run_workers(
         deadline = time.monotonic() + READY_TIMEOUT
         for _, parent, spec in procs:
             _pipe_recv(parent, deadline, f"{spec.role} to connect")
+        if barrier is not None:
+            barrier()
         t_go = time.monotonic() + 0.05
         sched = ("go", t_go, t_go + warmup, t_go + warmup + duration)
         for _, parent, _ in procs:
             parent.send(sched)
         _sleep_until(sched[2])
         cpu0 = _cpu_seconds(server.pid)
+        hub0 = _cpu_seconds(hub.pid) if hub else 0.0
         other0 = _foreign_cpu_seconds()
         _sleep_until(sched[3])
         cpu = (_cpu_seconds(server.pid) - cpu0) / duration
+        figures = {"server_cpu": round(cpu, 3)}
+        if hub:
+            figures["hub_cpu"] = round((_cpu_seconds(hub.pid) - hub0) / duration, 3)
         other = _foreign_cpu_between(other0, _foreign_cpu_seconds()) / duration
+        figures["other_cpu"] = round(other, 3)
         results: list[dict[str, Any]] = [{} for _ in procs]
         deadline = sched[3] + max(30.0, duration * 3)
         for i, (_, parent, spec) in enumerate(procs):
@@ -559,9 +630,10 @@ def _run_workers(
             if spec.stop_after:
                 parent.send(("stop",))
                 results[i] = _pipe_recv(parent, deadline, spec.role)[1]
-        if server.proc.poll() is not None:
-            raise BenchError(f"server exited during the run (code {server.proc.returncode})")
-        return results, {"server_cpu": round(cpu, 3), "other_cpu": round(other, 3)}
+        for who, srv in (("server", server), ("hub", hub)):
+            if srv and srv.proc.poll() is not None:
+                raise BenchError(f"{who} exited during the run (code {srv.proc.returncode})")
+        return results, figures
     finally:
         for proc, parent, _ in procs:
             proc.join(timeout=2)
@@ -583,6 +655,7 @@ class Server:
     tmpdir: Path
     log: Path
     port: int = 0
+    leaf_port: int = 0  # hubs: the leafnode port
     t_spawn: float = 0.0
     t_ready: float = 0.0  # first INFO line received (0 if not probed)
     info: dict[str, Any] = field(default_factory=dict)
@@ -626,10 +699,16 @@ def probe(server: Server) -> None:
         server.info = json.loads(line[4:])
 
 
-def start_server(cmd: Sequence[str], *, do_probe: bool = True) -> Server:
+def start_server(cmd: Sequence[str], *, do_probe: bool = True, config: str | None = None) -> Server:
+    """Start a server on an ephemeral port (read from its ports file); ``config`` is
+    written to a file passed with ``-c`` (the command-line flags still win)."""
     tmpdir = Path(tempfile.mkdtemp(prefix="leafgate-bench-"))
     log = tmpdir / "server.log"
     argv = [*cmd, "-a", HOST, "-p", "-1", "--ports_file_dir", str(tmpdir)]
+    if config is not None:
+        conf = tmpdir / "server.conf"
+        conf.write_text(config)
+        argv[len(cmd) : len(cmd)] = ["-c", str(conf)]
     with open(log, "wb") as logf:
         t_spawn = time.perf_counter()
         try:
@@ -681,6 +760,176 @@ def stop_server(server: Server) -> None:
                 proc.wait(timeout=STOP_TIMEOUT)
     finally:
         shutil.rmtree(server.tmpdir, ignore_errors=True)
+
+
+_LISTENING = re.compile(rb"Listening for (client|leafnode) connections on \S+:(\d+)")
+
+
+def spawn_hub(cmd: Sequence[str], client_port: int = -1, leaf_port: int = -1) -> Server:
+    """Spawn a nats-server hub (-1: ephemeral port) without waiting for it."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="leafgate-bench-hub-"))
+    log = tmpdir / "server.log"
+    conf = tmpdir / "hub.conf"
+    conf.write_text(
+        f"server_name: {HUB_NAME}\n"
+        f"listen: {HOST}:{client_port}\n"
+        f"leafnodes {{ listen: {HOST}:{leaf_port} }}\n"
+    )
+    argv = [*cmd, "-c", str(conf)]
+    with open(log, "wb") as logf:
+        t_spawn = time.perf_counter()
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT
+            )
+        except OSError as e:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise BenchError(f"cannot start the hub {shlex.join(argv)}: {e}") from None
+    return Server(
+        proc=proc,
+        tmpdir=tmpdir,
+        log=log,
+        port=max(0, client_port),
+        leaf_port=max(0, leaf_port),
+        t_spawn=t_spawn,
+    )
+
+
+def start_hub(cmd: Sequence[str], client_port: int = -1, leaf_port: int = -1) -> Server:
+    """Start a hub; its client and leafnode ports are read from its log (bounded)."""
+    hub = spawn_hub(cmd, client_port, leaf_port)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        ports: dict[bytes, int] = {}
+        while len(ports) < 2:
+            with contextlib.suppress(OSError):
+                ports = {m[1]: int(m[2]) for m in _LISTENING.finditer(hub.log.read_bytes())}
+            if len(ports) == 2:
+                break
+            if hub.proc.poll() is not None:
+                raise BenchError(
+                    f"hub exited at start (code {hub.proc.returncode}): {_log_tail(hub.log)}"
+                )
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"hub not listening after {START_TIMEOUT:.0f} s: {_log_tail(hub.log)}"
+                )
+            time.sleep(0.002)
+        hub.port, hub.leaf_port = ports[b"client"], ports[b"leafnode"]
+        hub.t_ready = time.perf_counter()
+    except BaseException:
+        stop_server(hub)
+        raise
+    return hub
+
+
+def start_leaf(target: Target, hub: Server) -> Server:
+    """Start the leaf of ``target``'s kind, dialing ``hub`` (no wait for the link)."""
+    url = f"nats-leaf://{HOST}:{hub.leaf_port}"
+    if target.side == "nats":
+        # Reference leaf: leafnodes.reconnect left at its default (1 s), on purpose.
+        config = (
+            f"listen: {HOST}:-1\n"
+            f"server_name: {LEAF_NAME}\n"
+            f'leafnodes {{ remotes: [ {{ url: "{url}" }} ] }}\n'
+        )
+        return start_server(target.cmd, config=config)
+    return start_server([*target.cmd, "-n", LEAF_NAME, "--hub", url])
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free right now on HOST (bound to 0 together, then closed)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind((HOST, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _wait_msg(sock: socket.socket, buf: bytearray, frame: bytes, until: float) -> bool:
+    """Read until a MSG arrives (True) or ``until`` passes (False); answers PINGs."""
+    while True:
+        left = until - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return False
+        if not data:
+            raise BenchError("server closed the probe subscriber connection")
+        buf += data
+        if _consume_replies(sock, buf, frame):
+            return True
+
+
+def wait_flow(pub_port: int, sub_port: int, what: str, timeout: float = LINK_TIMEOUT) -> float:
+    """Subscribe to a probe subject on ``sub_port``, then publish it on ``pub_port``
+    every PROBE_INTERVAL until one arrives; return the seconds this took.
+
+    Used to wait for a leaf link to come up, and as a barrier: a subscription made
+    on one end after the workers' proves their (earlier) interest crossed the link too.
+    """
+    t_start = time.monotonic()
+    deadline = t_start + timeout
+    frame = msg_frame(PROBE_SUBJECT, b"1", 0)
+    probe_pub = pub_frame(PROBE_SUBJECT, 0)
+    sub, buf = _handshake(sub_port, b"SUB " + PROBE_SUBJECT + b" 1\r\n")
+    with sub:
+        pub, _ = _handshake(pub_port)
+        with pub:
+            while True:
+                pub.sendall(probe_pub)
+                if _wait_msg(sub, buf, frame, time.monotonic() + PROBE_INTERVAL):
+                    return time.monotonic() - t_start
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{what}: nothing arrived within {timeout:g} s")
+
+
+def _poll_connect(port: int, server: Server, deadline: float) -> socket.socket:
+    """Connect to ``port`` as soon as ``server`` (just spawned) accepts on it."""
+    while True:
+        try:
+            return _connect(port)
+        except ConnectionRefusedError:
+            pass
+        if server.proc.poll() is not None:
+            raise BenchError(
+                f"server exited at start (code {server.proc.returncode}): {_log_tail(server.log)}"
+            )
+        if time.monotonic() > deadline:
+            raise BenchError(f"port {port} not accepting after {START_TIMEOUT:.0f} s")
+        time.sleep(0.001)
+
+
+class _Prober:
+    """A thread publishing an empty message on ``subject`` every PROBE_INTERVAL."""
+
+    def __init__(self, port: int, subject: bytes) -> None:
+        self.sock, _ = _handshake(port)
+        self.frame = pub_frame(subject, 0)
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-prober", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self.sock.sendall(self.frame)
+                if self._stop.wait(PROBE_INTERVAL):
+                    return
+        except OSError as e:
+            self.error = f"probe publisher on the leaf: {e}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=SOCKET_TIMEOUT)
+        self.sock.close()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -760,7 +1009,16 @@ class Measurement:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-Runner = Callable[[Sequence[str], float, float], Measurement]
+@dataclass(frozen=True)
+class Target:
+    """One side of the comparison: what to start for it."""
+
+    side: str  # "nats" or "leafgate"
+    cmd: tuple[str, ...]  # the server command (in the leaf cases: the leaf)
+    hub: tuple[str, ...] = ()  # nats-server command for the hub of the leaf cases
+
+
+Runner = Callable[[Target, float, float], Measurement]
 
 
 def _rate(results: Sequence[dict[str, Any]]) -> float:
@@ -768,9 +1026,16 @@ def _rate(results: Sequence[dict[str, Any]]) -> float:
 
 
 def _throughput(
-    server: Server, specs: list[WorkerSpec], warmup: float, duration: float, measured: str
+    server: Server,
+    specs: list[WorkerSpec],
+    warmup: float,
+    duration: float,
+    measured: str,
+    *,
+    hub: Server | None = None,
+    barrier: Callable[[], object] | None = None,
 ) -> tuple[float, dict[str, float]]:
-    results, cpu = _run_workers(server, specs, warmup, duration)
+    results, cpu = _run_workers(server, specs, warmup, duration, hub=hub, barrier=barrier)
     counted = [r for r, s in zip(results, specs, strict=True) if s.role == measured]
     rate = _rate(counted)
     if rate <= 0:
@@ -780,11 +1045,11 @@ def _throughput(
 
 
 def _pub_sub(size: int, subs: int = 1, queue: str | None = None) -> Runner:
-    def run(cmd: Sequence[str], warmup: float, duration: float) -> Measurement:
+    def run(t: Target, warmup: float, duration: float) -> Measurement:
         params: dict[str, Any] = {"size": size, "queue": queue}
         specs = [WorkerSpec("sub", params) for _ in range(subs)]
         specs.append(WorkerSpec("pub", {"size": size, "ping_end": False, "overrun": 0.1}))
-        server = start_server(cmd)
+        server = start_server(t.cmd)
         try:
             rate, extra = _throughput(server, specs, warmup, duration, "sub")
         finally:
@@ -797,9 +1062,9 @@ def _pub_sub(size: int, subs: int = 1, queue: str | None = None) -> Runner:
 
 
 def _pub_only(size: int) -> Runner:
-    def run(cmd: Sequence[str], warmup: float, duration: float) -> Measurement:
+    def run(t: Target, warmup: float, duration: float) -> Measurement:
         specs = [WorkerSpec("pub", {"size": size, "ping_end": True, "overrun": 0.0})]
-        server = start_server(cmd)
+        server = start_server(t.cmd)
         try:
             rate, extra = _throughput(server, specs, warmup, duration, "pub")
         finally:
@@ -809,9 +1074,9 @@ def _pub_only(size: int) -> Runner:
     return run
 
 
-def _reqrep_seq(cmd: Sequence[str], warmup: float, duration: float) -> Measurement:
+def _reqrep_seq(t: Target, warmup: float, duration: float) -> Measurement:
     specs = [WorkerSpec("responder", stop_after=True), WorkerSpec("req_seq")]
-    server = start_server(cmd)
+    server = start_server(t.cmd)
     try:
         results, cpu = _run_workers(server, specs, warmup, duration)
     finally:
@@ -820,12 +1085,12 @@ def _reqrep_seq(cmd: Sequence[str], warmup: float, duration: float) -> Measureme
     return Measurement(r["p50"], {"p99": r["p99"], "n": r["n"], **cpu})
 
 
-def _reqrep_window(cmd: Sequence[str], warmup: float, duration: float) -> Measurement:
+def _reqrep_window(t: Target, warmup: float, duration: float) -> Measurement:
     specs = [
         WorkerSpec("responder", stop_after=True),
         WorkerSpec("req_window", {"window": REQREP_WINDOW}),
     ]
-    server = start_server(cmd)
+    server = start_server(t.cmd)
     try:
         rate, extra = _throughput(server, specs, warmup, duration, "req_window")
     finally:
@@ -833,8 +1098,8 @@ def _reqrep_window(cmd: Sequence[str], warmup: float, duration: float) -> Measur
     return Measurement(rate, extra)
 
 
-def _rss_idle(cmd: Sequence[str], warmup: float, duration: float) -> Measurement:
-    server = start_server(cmd, do_probe=False)
+def _rss_idle(t: Target, warmup: float, duration: float) -> Measurement:
+    server = start_server(t.cmd, do_probe=False)
     try:
         time.sleep(RSS_SETTLE)
         rss = rss_mib(server.pid)
@@ -864,9 +1129,9 @@ def _open_idle_connections(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
-def _rss_conns(cmd: Sequence[str], warmup: float, duration: float) -> Measurement:
+def _rss_conns(t: Target, warmup: float, duration: float) -> Measurement:
     _raise_nofile(IDLE_CONNECTIONS + 256)
-    server = start_server(cmd)
+    server = start_server(t.cmd)
     socks: list[socket.socket] = []
     try:
         try:
@@ -882,15 +1147,148 @@ def _rss_conns(cmd: Sequence[str], warmup: float, duration: float) -> Measuremen
     return Measurement(rss)
 
 
-def _cold_start(cmd: Sequence[str], warmup: float, duration: float) -> Measurement:
+def _cold_start(t: Target, warmup: float, duration: float) -> Measurement:
     times: list[float] = []
     for _ in range(COLD_STARTS_PER_RUN):
-        server = start_server(cmd)
+        server = start_server(t.cmd)
         try:
             times.append((server.t_ready - server.t_spawn) * 1000.0)
         finally:
             stop_server(server)
     return Measurement(statistics.median(times), {"min": min(times), "max": max(times)})
+
+
+@contextlib.contextmanager
+def _leaf_link(t: Target) -> Iterator[tuple[Server, Server]]:
+    """A fresh hub and a leaf of ``t``'s kind with the link up; both stopped after."""
+    hub = start_hub(t.hub)
+    try:
+        leaf = start_leaf(t, hub)
+        try:
+            try:
+                wait_flow(leaf.port, hub.port, "the leaf link to come up")
+            except BenchError as e:
+                raise BenchError(f"{e}; leaf log: {_log_tail(leaf.log, 3)}") from None
+            yield hub, leaf
+        finally:
+            stop_server(leaf)
+    finally:
+        stop_server(hub)
+
+
+def _leaf_stream(size: int, up: bool) -> Runner:
+    """One publisher on one end of the link, one subscriber counting on the other."""
+
+    def run(t: Target, warmup: float, duration: float) -> Measurement:
+        subject = UP_SUBJECT if up else DOWN_SUBJECT
+        params: dict[str, Any] = {"size": size, "subject": subject}
+        with _leaf_link(t) as (hub, leaf):
+            src, dst = (leaf, hub) if up else (hub, leaf)
+            specs = [
+                WorkerSpec("sub", params, port=dst.port),
+                WorkerSpec("pub", {**params, "ping_end": False, "overrun": 0.1}, port=src.port),
+            ]
+            rate, extra = _throughput(
+                leaf,
+                specs,
+                warmup,
+                duration,
+                "sub",
+                hub=hub,
+                barrier=lambda: wait_flow(src.port, dst.port, "interest across the link"),
+            )
+        return Measurement(rate, extra)
+
+    return run
+
+
+def _leaf_reqrep_seq(t: Target, warmup: float, duration: float) -> Measurement:
+    with _leaf_link(t) as (hub, leaf):
+        specs = [
+            WorkerSpec("responder", stop_after=True, port=hub.port),
+            WorkerSpec("req_seq", port=leaf.port),
+        ]
+
+        def barrier() -> None:
+            # The responder's interest reached the leaf, the requester's inbox the hub.
+            wait_flow(leaf.port, hub.port, "interest across the link")
+            wait_flow(hub.port, leaf.port, "interest across the link")
+
+        results, cpu = _run_workers(leaf, specs, warmup, duration, hub=hub, barrier=barrier)
+    r = results[1]
+    return Measurement(r["p50"], {"p99": r["p99"], "n": r["n"], **cpu})
+
+
+def _leaf_reconnect_once(t: Target) -> dict[str, float]:
+    """Kill the hub under a working link, restart it on the same ports; return the
+    milliseconds from the restarted hub's leafnode port accepting to a message
+    published on the leaf (every PROBE_INTERVAL) reaching a subscriber on the hub."""
+    client_port, leaf_port = _free_ports(2)
+    hubs: list[Server] = []
+
+    def stop_hubs() -> None:
+        for h in hubs:
+            stop_server(h)
+
+    with contextlib.ExitStack() as stack:  # unwinds: subscriber, prober, leaf, hubs
+        stack.callback(stop_hubs)
+        hub = start_hub(t.hub, client_port, leaf_port)
+        hubs.append(hub)
+        leaf = start_leaf(t, hub)
+        stack.callback(stop_server, leaf)
+        try:
+            wait_flow(leaf.port, hub.port, "the leaf link to come up")
+        except BenchError as e:
+            raise BenchError(f"{e}; leaf log: {_log_tail(leaf.log, 3)}") from None
+        prober = _Prober(leaf.port, RECONNECT_SUBJECT)
+        stack.callback(prober.close)
+
+        t_kill = time.monotonic()
+        os.kill(hub.pid, signal.SIGKILL)
+        try:
+            hub.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"hub pid {hub.pid} still alive after SIGKILL") from None
+        hub2 = spawn_hub(t.hub, client_port, leaf_port)
+        hubs.append(hub2)
+        deadline = time.monotonic() + START_TIMEOUT
+        _poll_connect(leaf_port, hub2, deadline).close()
+        t_accept = time.monotonic()
+        sub = stack.enter_context(_poll_connect(client_port, hub2, deadline))
+        buf = bytearray()
+        sub.sendall(CONNECT_LINE + b"SUB " + RECONNECT_SUBJECT + b" 1\r\n" + PING)
+        _await_pong(sub, buf, time.monotonic() + SOCKET_TIMEOUT)
+        frame = msg_frame(RECONNECT_SUBJECT, b"1", 0)
+        if not _wait_msg(sub, buf, frame, t_accept + RECONNECT_TIMEOUT):
+            raise BenchError(
+                prober.error
+                or f"no message through the link {RECONNECT_TIMEOUT:g} s after the hub "
+                f"restarted; leaf log: {_log_tail(leaf.log, 3)}"
+            )
+        t_msg = time.monotonic()
+        if leaf.proc.poll() is not None:
+            raise BenchError(f"leaf exited during the run (code {leaf.proc.returncode})")
+    return {
+        "link_ms": (t_msg - t_accept) * 1000.0,
+        "restart_ms": (t_accept - t_kill) * 1000.0,  # kill -> new hub accepting
+        "outage_ms": (t_msg - t_kill) * 1000.0,  # kill -> first message through
+    }
+
+
+def _leaf_reconnect(t: Target, warmup: float, duration: float) -> Measurement:
+    # A fresh hub and leaf per cycle: every reconnect is a first one (a leafgate leaf
+    # backs off further after repeated losses; nats-server's delay is fixed).
+    cycles = [_leaf_reconnect_once(t) for _ in range(RECONNECT_CYCLES)]
+    link = [c["link_ms"] for c in cycles]
+    return Measurement(
+        statistics.median(link),
+        {
+            "min": min(link),
+            "max": max(link),
+            "restart_ms": statistics.median(c["restart_ms"] for c in cycles),
+            "outage_ms": statistics.median(c["outage_ms"] for c in cycles),
+        },
+    )
 
 
 RUNNERS: dict[str, Runner] = {
@@ -905,6 +1303,10 @@ RUNNERS: dict[str, Runner] = {
     "rss_idle": _rss_idle,
     "rss_1000": _rss_conns,
     "cold_start": _cold_start,
+    "leaf_up_128": _leaf_stream(128, up=True),
+    "leaf_down_128": _leaf_stream(128, up=False),
+    "leaf_reqrep_seq": _leaf_reqrep_seq,
+    "leaf_reconnect": _leaf_reconnect,
 }
 
 
@@ -959,7 +1361,10 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
         description="Run leafgate and nats-server side by side on the same load.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="cases:\n"
-        + "\n".join(f"  {c.name:<14}{c.description} [{c.unit}]" for c in CASES.values()),
+        + "\n".join(f"  {c.name:<16}{c.description} [{c.unit}]" for c in CASES.values())
+        + "\n\nleaf_* cases: a fresh nats-server hub per run, and as the leaf leafgate --hub\n"
+        "or a nats-server with leafnodes.remotes; leaf_reconnect does "
+        f"{RECONNECT_CYCLES} hub kill + restart\ncycles per run (--duration does not apply).",
     )
     ap.add_argument("--cases", default="all", help="comma-separated case names (default: all)")
     ap.add_argument("--duration", type=float, default=3.0, help="seconds measured per case")
@@ -990,14 +1395,18 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _nats_bin(args: argparse.Namespace) -> str:
+    nats = args.nats_server or os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server")
+    if not nats:
+        raise BenchError("nats-server not found: use --nats-server or NATS_SERVER_BIN")
+    return str(nats)
+
+
 def _commands(args: argparse.Namespace) -> dict[str, list[str]]:
     sides = [args.only] if args.only else list(SIDES)
     cmds: dict[str, list[str]] = {}
     if "nats" in sides:
-        nats = args.nats_server or os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server")
-        if not nats:
-            raise BenchError("nats-server not found: use --nats-server or NATS_SERVER_BIN")
-        cmds["nats"] = [nats]
+        cmds["nats"] = [_nats_bin(args)]
     if "leafgate" in sides:
         if args.leafgate_cmd:
             cmds["leafgate"] = shlex.split(args.leafgate_cmd)
@@ -1040,7 +1449,7 @@ def _report(
             }
             if res.ok:
                 side_data["value"] = res.median()
-                if name == "reqrep_seq":
+                if case.unit == "p50/p99 us":
                     side_data["p99"] = res.median("p99")
                     cells[side] = f"{res.median():.0f} / {res.median('p99'):.0f}"
                 else:
@@ -1079,15 +1488,30 @@ def _report(
     return lines, data
 
 
+def _leafgate_reconnect_default() -> str:
+    try:
+        from edge.config import RemoteConfig
+    except ImportError:  # pragma: no cover - bench copied out of the tree
+        return "its default backoff"
+    d = {f.name: f.default for f in dataclasses.fields(RemoteConfig)}
+    return (
+        f"default backoff {d['reconnect_delay']:g} s doubling to {d['reconnect_max']:g} s, "
+        "jittered (edge.config.RemoteConfig of this tree)"
+    )
+
+
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
+    names: list[str] = args.case_names
+    leaf_cases = any(CASES[n].leaf for n in names)
     try:
         cmds = _commands(args)
+        hub_cmd = (_nats_bin(args),) if leaf_cases else ()
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2
     sides = list(cmds)
-    names: list[str] = args.case_names
+    targets = {s: Target(s, tuple(cmds[s]), hub_cmd) for s in sides}
     warmup = min(0.5, args.duration / 2)
     started = time.monotonic()
     _raise_nofile(IDLE_CONNECTIONS + 256)
@@ -1099,6 +1523,19 @@ def main(argv: list[str]) -> int:
     for side in sides:
         versions[side] = _version(cmds[side])
         print(f"{SIDE_LABEL[side]}: {shlex.join(cmds[side])}  -> version {versions[side]}")
+    delays: dict[str, str] = {}
+    if leaf_cases:
+        if "nats" not in sides:
+            versions["hub"] = _version(hub_cmd)
+        hub_version = versions.get("hub", versions.get("nats"))
+        print(f"leaf cases: hub {shlex.join(hub_cmd)} -> version {hub_version} (fresh per run)")
+    if "leaf_reconnect" in names:
+        delays = {
+            "nats": f"leafnodes.reconnect not set: default {NATS_LEAF_RECONNECT_DEFAULT:g} s",
+            "leafgate": _leafgate_reconnect_default(),
+        }
+        for side in sides:
+            print(f"leaf_reconnect: {SIDE_LABEL[side]} leaf reconnect delay: {delays[side]}")
     print(
         f"cases={','.join(names)} duration={args.duration:g}s warmup={warmup:g}s "
         f"runs={args.runs} (median reported); python {platform.python_version()}, "
@@ -1115,7 +1552,7 @@ def main(argv: list[str]) -> int:
                 res = results[name][side]
                 t = time.monotonic()
                 try:
-                    m = RUNNERS[name](cmds[side], warmup, args.duration)
+                    m = RUNNERS[name](targets[side], warmup, args.duration)
                 except BenchError as e:
                     res.errors.append(str(e))
                     msg = f"FAILED: {e}"
@@ -1126,10 +1563,15 @@ def main(argv: list[str]) -> int:
                         msg += f" / p99 {m.extra['p99']:.0f}"
                     if "server_cpu" in m.extra:
                         msg += f"  [server {m.extra['server_cpu']:.2f} CPU"
+                        if "hub_cpu" in m.extra:
+                            msg += f", hub {m.extra['hub_cpu']:.2f} CPU"
                         msg += f", other processes {m.extra['other_cpu']:.2f} CPU]"
+                    if "outage_ms" in m.extra:
+                        msg += f"  [kill -> hub back {m.extra['restart_ms']:.0f} ms"
+                        msg += f", kill -> message through {m.extra['outage_ms']:.0f} ms]"
                     busiest = max(busiest, m.extra.get("other_cpu", 0.0))
                 print(
-                    f"  run {run + 1}/{args.runs} {name:<13} {SIDE_LABEL[side]:<11} {msg}"
+                    f"  run {run + 1}/{args.runs} {name:<15} {SIDE_LABEL[side]:<11} {msg}"
                     f"  ({time.monotonic() - t:.1f} s)",
                     file=sys.stderr,
                     flush=True,
@@ -1157,6 +1599,8 @@ def main(argv: list[str]) -> int:
             "argv": list(argv),
             "commands": cmds,
             "versions": versions,
+            "hub_command": list(hub_cmd),
+            "leaf_reconnect_delays": delays,
             "duration": args.duration,
             "warmup": warmup,
             "runs": args.runs,

@@ -386,6 +386,8 @@ class Uplink:
         elif type(event) is Pong:
             self._pings_out = 0
             if not self.up:
+                for line in self.session.announce_if_pending():
+                    self._send(line)
                 self._link_up()
         elif type(event) is Info:
             for line in self.session.on_info(event.raw):

@@ -71,13 +71,14 @@ class LeafError(Exception):
 
 def classify_hub_error(text: str) -> LeafError:
     """Map a hub ``-ERR`` text to what it means for the link."""
+    # Judge by how the text starts: a subject quoted later in it may hold any word.
     lower = text.lower()
-    if "loop detected" in lower:
-        return LeafError(LeafErrorKind.LOOP, text, LOOP_PAUSE)
-    if "authorization violation" in lower or "authentication" in lower:
-        return LeafError(LeafErrorKind.AUTH, text)
-    if "permissions violation" in lower:
+    if lower.startswith("permissions violation"):
         return LeafError(LeafErrorKind.PERMISSION, text, PERMISSION_PAUSE)
+    if lower.startswith("loop detected"):
+        return LeafError(LeafErrorKind.LOOP, text, LOOP_PAUSE)
+    if lower.startswith(("authorization violation", "authentication")):
+        return LeafError(LeafErrorKind.AUTH, text)
     if "duplicate" in lower:
         return LeafError(LeafErrorKind.DUPLICATE, text)
     if "stale connection" in lower:
@@ -310,12 +311,25 @@ class LeafSession:
         return info
 
     def opening(self, nonce: str | None) -> list[bytes]:
-        """CONNECT, our $LDS subject, all local interest, then a PING."""
-        out = [self._connect(nonce), encode_ls_plus(self.identity.lds_subject)]
-        out.extend(self.announce_all())
-        out.append(b"PING\r\n")
+        """CONNECT, our $LDS subject, then a PING.
+
+        Local interest waits for the hub's answer to CONNECT (the INFO with
+        ``connect_info``): only that INFO carries the link's permissions, and an
+        ``LS+`` the hub refuses closes the link. A hub that sends no such INFO
+        gets the interest when its first PONG arrives (``announce_if_pending``).
+        """
+        return [
+            self._connect(nonce),
+            encode_ls_plus(self.identity.lds_subject),
+            b"PING\r\n",
+        ]
+
+    def announce_if_pending(self) -> list[bytes]:
+        """Every announceable local key, once per link."""
+        if self.connected:
+            return []
         self.connected = True
-        return out
+        return self.announce_all()
 
     def _connect(self, nonce: str | None) -> bytes:
         body: dict[str, Any] = {
@@ -346,6 +360,10 @@ class LeafSession:
         """A later INFO: permissions, account, URLs, lame duck. May re-filter interest."""
         info = parse_info(raw)
         before = (self.hub_import, self.hub_export)
+        if info.get("connect_info"):
+            # This link's permissions: absent fields mean no restriction.
+            self.hub_import = SubjectFilter.from_hub(info.get("import"))
+            self.hub_export = SubjectFilter.from_hub(info.get("export"))
         self._apply_info(info)
         expected = self.rules.account
         if (
@@ -358,14 +376,21 @@ class LeafSession:
                 f"hub bound the link to account {self.info.remote_account!r}, "
                 f"expected {expected!r} (check the credentials)",
             )
-        if (self.hub_import, self.hub_export) != before and self.connected:
-            # Withdraw what the hub would now refuse (it closes the link otherwise).
-            return [
-                encode_ls_minus(s, q)
-                for s, q, _n in self.local.entries()
-                if not self.hub_import.permits(s)
-            ]
-        return []
+        if not self.connected:
+            return self.announce_if_pending() if info.get("connect_info") else []
+        if (self.hub_import, self.hub_export) == before:
+            return []
+        # Permissions changed on a live link: withdraw what the hub would now
+        # refuse (it closes the link otherwise), announce what it now allows.
+        old_import = before[0]
+        out = []
+        for s, q, n in self.local.entries():
+            was, now = old_import.permits(s), self.hub_import.permits(s)
+            if was and not now and self.may_announce_ignoring_hub(s):
+                out.append(encode_ls_minus(s, q))
+            elif now and not was and self.may_announce(s):
+                out.append(encode_ls_plus(s, q, n))
+        return out
 
     def _apply_info(self, info: dict[str, Any]) -> None:
         hub = self.info
@@ -384,10 +409,6 @@ class LeafSession:
         if isinstance(urls, list):
             hub.leafnode_urls = [u for u in urls if isinstance(u, str)]
         hub.lame_duck = bool(info.get("ldm", False))
-        if "import" in info:
-            self.hub_import = SubjectFilter.from_hub(info["import"])
-        if "export" in info:
-            self.hub_export = SubjectFilter.from_hub(info["export"])
 
     # -- interest -------------------------------------------------------------------
 
@@ -396,6 +417,9 @@ class LeafSession:
         if subject.startswith(LDS_PREFIX):
             return False  # never re-advertise loop-detection subjects
         return self.rules.down.permits(subject) and self.hub_import.permits(subject)
+
+    def may_announce_ignoring_hub(self, subject: bytes) -> bool:
+        return not subject.startswith(LDS_PREFIX) and self.rules.down.permits(subject)
 
     def may_send(self, subject: bytes) -> bool:
         """May a local message on ``subject`` go to the hub?"""
@@ -412,7 +436,12 @@ class LeafSession:
                 "by more than one path",
                 LOOP_PAUSE,
             )
-        self.hub.add(event.subject, event.queue, event.weight)
+        try:
+            self.hub.add(event.subject, event.queue, event.weight)
+        except ValueError:
+            raise LeafError(
+                LeafErrorKind.PROTOCOL, f"the hub announced an invalid subject {event.subject!r}"
+            ) from None
 
     def on_ls_minus(self, event: LsMinus) -> None:
         self.hub.remove(event.subject, event.queue)
@@ -426,3 +455,5 @@ class LeafSession:
         self.hub.clear()
         self.connected = False
         self.info.lame_duck = False
+        self.hub_import = ALLOW_ALL
+        self.hub_export = ALLOW_ALL
