@@ -45,7 +45,7 @@ def _issue(
     usage: x509.ObjectIdentifier,
     sans: list[x509.GeneralName],
 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -64,7 +64,7 @@ def _issue(
 
 def make_tls_files(directory: Path) -> TLSFiles:
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
@@ -77,9 +77,15 @@ def make_tls_files(directory: Path) -> TLSFiles:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -87,7 +93,11 @@ def make_tls_files(directory: Path) -> TLSFiles:
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _issue(
-        "localhost", server_key, ca_cert, ca_key, ExtendedKeyUsageOID.SERVER_AUTH,
+        "localhost",
+        server_key,
+        ca_cert,
+        ca_key,
+        ExtendedKeyUsageOID.SERVER_AUTH,
         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
     )
     client_key = ec.generate_private_key(ec.SECP256R1())
