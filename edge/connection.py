@@ -248,6 +248,9 @@ class ClientConnection:
                 nursery.start_soon(self._reader, auth_timeout)
                 await self._writer()
                 nursery.cancel_scope.cancel()
+        except Exception:  # the connection's boundary: a bug closes this client only
+            log.exception("client_internal_error", cid=self.cid, ip=self.ip)
+            self.close_reason = self.close_reason or CloseReason.INTERNAL_ERROR
         finally:
             self._unsubscribe_all()
             self.server.forget(self)

@@ -232,6 +232,10 @@ class Uplink:
                         )
                 except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
                     error = _describe(exc)
+                except Exception as exc:  # the uplink's boundary: a bug must not stop the server
+                    log.exception("uplink_internal_error", remote=self.index)
+                    error = f"internal error: {exc!r}"
+                    pause = STABLE_LINK
                 self._link_down(url, error)
                 if trio.current_time() - started > STABLE_LINK:
                     failures = 0
@@ -279,12 +283,16 @@ class Uplink:
                                                                 else None)))
             self._pings_out = 0
             self._learn_urls(url)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, stream)
-                nursery.start_soon(self._pinger)
-                self._wake.set()
-                await self._reader(stream, parser)
-                nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, stream)
+                    nursery.start_soon(self._pinger)
+                    self._wake.set()
+                    await self._reader(stream, parser)
+                    nursery.cancel_scope.cancel()
+            except ExceptionGroup as group:
+                # The link's tasks fail one at a time; report the reason, not the group.
+                raise _link_failure(group) from None
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -433,6 +441,19 @@ async def _read_first_info(stream: trio.abc.Stream, parser: LeafParser) -> bytes
             raise LeafError(
                 LeafErrorKind.WRONG_PORT, "the server did not start with INFO: not a NATS port"
             )
+
+
+_LINK_ERRORS = (LeafError, OSError, trio.BrokenResourceError, trio.TooSlowError)
+
+
+def _link_failure(group: ExceptionGroup[Exception]) -> Exception:
+    """The first link error inside a task group (the others follow from it)."""
+    for exc in group.exceptions:
+        if isinstance(exc, ExceptionGroup):
+            return _link_failure(exc)
+        if isinstance(exc, _LINK_ERRORS):
+            return exc
+    return group
 
 
 def _show(url: LeafURL) -> str:

@@ -58,6 +58,47 @@ def test_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         assert name in printed
 
 
+def test_bench_leaf_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The leafnode-link cases: a real nats-server hub, leafgate and a nats-server leaf."""
+    out = tmp_path / "bench.json"
+    cases = {"leaf_up_128", "leaf_reconnect"}
+    rc = bench.main(
+        [
+            "--cases",
+            ",".join(sorted(cases)),
+            "--duration",
+            "0.5",
+            "--runs",
+            "1",
+            "--nats-server",
+            NATS_SERVER,
+            "--json",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    data = json.loads(out.read_text())
+    assert set(data["cases"]) == cases
+    for name, case in data["cases"].items():
+        for side in ("nats", "leafgate"):
+            value = case[side]["value"]
+            assert isinstance(value, float) and value > 0, (name, side, case[side])
+            assert case[side]["errors"] == []
+        assert case["ratio"] > 0
+        assert name in printed
+    for side in ("nats", "leafgate"):
+        up = data["cases"]["leaf_up_128"][side]["runs"][0]
+        assert up["hub_cpu"] >= 0 and up["server_cpu"] > 0, up
+        rec = data["cases"]["leaf_reconnect"][side]["runs"][0]
+        # kill -> hub accepting -> message through: the parts add up.
+        assert 0 < rec["restart_ms"] < rec["outage_ms"], rec
+        assert rec["min"] <= rec["value"] <= rec["max"], rec
+    # The reconnect delays in use are stated, nats-server's being its default.
+    assert "default 1 s" in data["leaf_reconnect_delays"]["nats"]
+    assert "leaf reconnect delay" in printed
+
+
 def test_bench_rejects_unknown_case() -> None:
     with pytest.raises(SystemExit):
         bench.main(["--cases", "nope"])
