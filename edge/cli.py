@@ -304,7 +304,7 @@ def _add_server_flags(parser: _Parser) -> None:
         parser.add_argument(flag, action=_Unsupported)
 
 
-_COMMANDS = "commands: run (default), check-config, bench; see 'leafgate <command> -h'"
+_COMMANDS = "commands: run (default), check-config, bench, hub; see 'leafgate <command> -h'"
 
 
 def _run_parser() -> _Parser:
@@ -561,6 +561,12 @@ def _cmd_bench(argv: Sequence[str]) -> int:
     return int(bench_main(list(argv)))
 
 
+def _cmd_hub(argv: Sequence[str]) -> int:
+    from hub.tool import main as hub_main  # lazy: the hub side is rarely used on a gateway
+
+    return int(hub_main(list(argv), prog=f"{PROG} hub"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``leafgate`` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -574,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_check_config(args)
         if command == "bench":
             return _cmd_bench(args)
+        if command == "hub":
+            return _cmd_hub(args)
         print(f"{PROG}: unknown command {command!r} ({_COMMANDS})", file=sys.stderr)
         return 2
     except UnsupportedFlagError as exc:

@@ -32,6 +32,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -44,7 +45,9 @@ from edge.proto.errors import CloseReason
 from edge.proto.ids import new_server_id
 from edge.proto.session import Credentials
 from edge.router import Router
-from edge.uplink import Uplink
+
+if TYPE_CHECKING:
+    from edge.uplink import Uplink
 
 log = get_logger("edge.server")
 
@@ -145,6 +148,9 @@ class Server:
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as services:
                 # Uplinks first: they must hear about every local subscription.
+                if self.config.leafnodes.remotes:
+                    # Imported only when needed: a standalone server starts faster.
+                    from edge.uplink import Uplink
                 for index, remote in enumerate(self.config.leafnodes.remotes):
                     uplink = Uplink(self, remote, index)
                     self.uplinks.append(uplink)

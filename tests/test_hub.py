@@ -46,6 +46,7 @@ from tests.hubs import (
     start_hub,
     start_hub_cluster,
     stop_all,
+    wait_cluster_ready,
 )
 
 PROC_TIMEOUT = 30.0
@@ -267,6 +268,13 @@ def test_cluster_forms_and_takes_a_three_replica_stream(
             break
         time.sleep(0.2)
     assert urls >= want
+
+    # A node restarted after a crash comes back on its ports and rejoins.
+    ports = (nodes[2].client_port, nodes[2].leaf_port, nodes[2].cluster_port)
+    nodes[2].kill()
+    nodes[2].restart()
+    assert (nodes[2].client_port, nodes[2].leaf_port, nodes[2].cluster_port) == ports
+    wait_cluster_ready(nodes, timeout=20)
 
 
 # ---------------------------------------------------------------------------
@@ -594,3 +602,17 @@ async def test_tcp_proxy_counts_an_unreachable_target() -> None:
         assert await _closed_by_peer(stream)
         await stream.aclose()
         await proxy.wait_for(lambda p: p.failed == 1 and p.active == 0, what="failed")
+
+
+def test_leafgate_hub_command_is_wired() -> None:
+    # `leafgate hub ...` reaches the hub tool through the main CLI.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "hub", "config", "--print", "single"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"leafnodes" in result.stdout
