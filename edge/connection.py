@@ -29,7 +29,7 @@ from edge.proto.errors import CloseReason, ProtocolError
 from edge.proto.events import Connect, Info, ParseFailed, Ping, Pong, Pub, Sub, Unsub
 from edge.proto.parser import ClientParser
 from edge.proto.session import ClientSession, publish_deliverable
-from edge.router import Subscription
+from edge.router import _SIZE_LINES, Subscription, _size_line
 from edge.subjects import is_valid_publish_subject
 
 if TYPE_CHECKING:
@@ -46,23 +46,11 @@ _VALID_SUBJECTS: set[bytes] = set()
 _VALID_SUBJECTS_MAX = 65536
 
 
-# b"<size>\r\n" for payload sizes seen so far (bounded: sizes repeat a lot).
-_SIZE_LINES: dict[int, bytes] = {}
-
-
-def _size_line(size: int) -> bytes:
-    line = b"%d\r\n" % size
-    if len(_SIZE_LINES) < 4096:
-        _SIZE_LINES[size] = line
-    return line
-
-
 class ClientConnection:
     __slots__ = (
         "_auth_scope",
         "_scope",
         "_wake",
-        "_wake_pending",
         "activity",
         "cid",
         "close_reason",
@@ -88,6 +76,7 @@ class ClientConnection:
         "stream",
         "subs",
         "verbose",
+        "wake_pending",
         "write_deadline",
     )
 
@@ -106,7 +95,7 @@ class ClientConnection:
         self.subs: dict[bytes, Subscription] = {}
         self.out = bytearray()
         self._wake = trio.Event()
-        self._wake_pending = False
+        self.wake_pending = False
         self._scope: trio.CancelScope | None = None
         self._auth_scope = trio.CancelScope()
         self.max_pending = config.max_pending
@@ -132,8 +121,8 @@ class ClientConnection:
         self.out += data
         if len(self.out) > self.max_pending:
             self._slow_consumer(CloseReason.SLOW_CONSUMER_PENDING)
-        elif not self._wake_pending:
-            self._wake_pending = True
+        elif not self.wake_pending:
+            self.wake_pending = True
             self._wake.set()
 
     def deliver(
@@ -156,28 +145,22 @@ class ClientConnection:
         if len(out) > self.max_pending:
             self._slow_consumer(CloseReason.SLOW_CONSUMER_PENDING)
             return
-        if not self._wake_pending:
-            self._wake_pending = True
+        if not self.wake_pending:
+            self.wake_pending = True
             self._wake.set()
         sub.delivered += 1
         if sub.max_msgs and sub.delivered >= sub.max_msgs:
             self._remove_sub(sub)
 
-    def deliver_framed(self, sub: Subscription, head: bytes, tail: bytes) -> None:
-        """Queue a MSG framed by the router: ``head + sid + tail`` (no headers)."""
-        if self.close_reason is not None:
-            return
-        out = self.out
-        out += head
-        out += sub.sid
-        out += tail
-        if len(out) > self.max_pending:
+    def appended(self, sub: Subscription) -> None:
+        """Finish a delivery the router appended to ``out`` itself (its fast path):
+        enforce max_pending, wake the writer, honour UNSUB max."""
+        if len(self.out) > self.max_pending:
             self._slow_consumer(CloseReason.SLOW_CONSUMER_PENDING)
             return
-        if not self._wake_pending:
-            self._wake_pending = True
+        if not self.wake_pending:
+            self.wake_pending = True
             self._wake.set()
-        sub.delivered += 1
         if sub.max_msgs and sub.delivered >= sub.max_msgs:
             self._remove_sub(sub)
 
@@ -269,7 +252,7 @@ class ClientConnection:
             if not self.out:
                 if self.close_reason is not None:
                     return
-                self._wake_pending = False
+                self.wake_pending = False
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
