@@ -138,6 +138,13 @@ class Server:
         self.port = listeners[0].socket.getsockname()[1]
         self._info_base["port"] = self.port
         self.started = trio.current_time()
+        if self.config.http_port is not None:
+            # Accepted so that harnesses written for nats-server can pass -m.
+            log.warning(
+                "monitoring_not_available",
+                http_port=self.config.http_port,
+                detail="HTTP monitoring is not implemented yet; the port is not opened",
+            )
         log.info(
             "listening",
             host=self.config.host,

@@ -517,3 +517,35 @@ def test_tls_hub(tmp_path: Path) -> None:
         edge.stop()
         plain.stop()
         hub.stop()
+
+
+def test_nkey_seed_authenticates_the_link(tmp_path: Path) -> None:
+    from edge.nkeys import KeyPair
+
+    pair = KeyPair.generate()
+    seed_file = tmp_path / "hub.nk"
+    seed_file.write_text(pair.seed() + "\n")
+    users = (
+        "authorization { users = [\n"
+        f"  {{ nkey: {pair.public_key()} }},\n"
+        f"  {{ user: {APP[0]}, password: {APP[1]} }}\n"
+        "] }\n"
+    )
+    hub = start_hub(tmp_path / "hub", jetstream=False, extra=users)
+    toml = (
+        "[[leafnodes.remotes]]\n"
+        f'url = "{leaf_url(hub.leaf_port)}"\n'
+        f'nkey = "{seed_file}"\n'
+    )
+    edge = start_leafgate("-n", "edge-nkey", config_text=toml, tmp_path=tmp_path / "edge")
+    try:
+
+        async def scenario() -> None:
+            e, h = await both_ends(edge.port, hub.client_port, APP)
+            await e.close()
+            await h.close()
+
+        run(scenario())
+    finally:
+        edge.stop()
+        hub.stop()
