@@ -47,6 +47,7 @@ from edge.proto.leafnode import (
     classify_hub_error,
 )
 from edge.proto.leafproto import LeafParser, LMsg, LsMinus, LsPlus, PeerErr, encode_lmsg
+from edge.router import _SIZE_LINES, _size_line
 
 if TYPE_CHECKING:
     from edge.config import LeafURL
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 log = get_logger("edge.uplink")
 
 RECEIVE_SIZE = 256 * 1024
+_UNKNOWN: tuple[bytes, ...] = (b"?",)  # a memo miss (no real route is this object)
 FIRST_PING = 1.0
 AUTH_BACKOFF_START = 2.0
 AUTH_BACKOFF_MAX = 60.0
@@ -109,6 +111,8 @@ class Uplink:
         self._last_error: str | None = None
         self.dropped = 0
         self.msgs_out = self.msgs_in = 0
+        # subject -> queue names for its LMSG, or None (the hub does not want it).
+        self._routes: dict[bytes, tuple[bytes, ...] | None] = {}
 
     # ---- configuration ---------------------------------------------------------
 
@@ -185,16 +189,47 @@ class Uplink:
         """Send a local message to the hub if the hub wants it. True if sent."""
         if not self.up:
             return False
-        names = tuple(q for q, _members in local_queues) if local_queues else ()
-        route = self.session.hub.route(subject, names)
-        if route is None or not self.session.may_send(subject):
+        route = self._routes.get(subject, _UNKNOWN)
+        if route is _UNKNOWN:
+            route = self._route(subject, local_queues)
+        if route is None:
             return False
-        if len(self.out) > MAX_LINK_PENDING:
+        out = self.out
+        if len(out) > MAX_LINK_PENDING:
             self.dropped += 1
             return False
         self.msgs_out += 1
-        self._send(encode_lmsg(subject, reply, route, hdr, data))
+        if route or reply or hdr:
+            out += encode_lmsg(subject, reply, route, hdr, data)
+        else:  # the common frame, appended in pieces (cheaper than formatting)
+            out += b"LMSG "
+            out += subject
+            out += b" "
+            out += _SIZE_LINES.get(len(data)) or _size_line(len(data))
+            out += data
+            out += b"\r\n"
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake.set()
         return True
+
+    def _route(
+        self, subject: bytes, local_queues: tuple[tuple[bytes, tuple[object, ...]], ...]
+    ) -> tuple[bytes, ...] | None:
+        """Work out (and, when it does not depend on local queue groups, remember)
+        what an LMSG for ``subject`` carries. The memo is cleared whenever the hub's
+        interest or permissions change."""
+        hub = self.session.hub
+        if not self.session.may_send(subject):
+            route = None
+        else:
+            names = tuple(q for q, _members in local_queues) if local_queues else ()
+            route = hub.route(subject, names)
+        if route is None or not hub.has_queues(subject):
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            self._routes[subject] = route
+        return route
 
     def wants(self, subject: bytes) -> bool:
         """Whether the hub has interest (for no-responders decisions)."""
@@ -260,6 +295,7 @@ class Uplink:
         was_up = self.up
         self._set_up(False)
         self.session.reset()
+        self._routes.clear()
         self.out = bytearray()
         self._last_error = error
         level = log.warning if was_up or self._connects == 0 else log.info
@@ -383,8 +419,10 @@ class Uplink:
                         router.deliver_from_link(self, subject, reply, hdr, payload, queues)
                 elif type(event) is LsPlus:
                     session.on_ls_plus(event)
+                    self._routes.clear()
                 elif type(event) is LsMinus:
                     session.on_ls_minus(event)
+                    self._routes.clear()
                 else:
                     self._on_control(event)
 
@@ -398,6 +436,7 @@ class Uplink:
                     self._send(line)
                 self._link_up()
         elif type(event) is Info:
+            self._routes.clear()
             for line in self.session.on_info(event.raw):
                 self._send(line)
             if self.session.info.lame_duck:

@@ -101,6 +101,8 @@ class SubjectFilter:
     deny: tuple[bytes, ...] = ()
 
     def permits(self, subject: bytes) -> bool:
+        if not self.allow and not self.deny:
+            return True
         if self.allow and not any(matches(f, subject) for f in self.allow):
             return False
         return not any(matches(f, subject) for f in self.deny)
@@ -233,6 +235,10 @@ class HubInterest:
         if not plain and not names:
             return None
         return names
+
+    def has_queues(self, subject: bytes) -> bool:
+        """Whether any hub queue group matches (then routes depend on local groups)."""
+        return bool(self._index.match(subject).queues)
 
     def wants(self, subject: bytes) -> bool:
         return self._index.has_interest(subject)
