@@ -15,6 +15,7 @@ from __future__ import annotations
 from random import random
 from typing import Protocol
 
+from edge.proto.errors import CloseReason
 from edge.sublist import Sublist, SublistResult
 
 NO_RESPONDERS_HDR = b"NATS/1.0 503\r\n\r\n"
@@ -42,7 +43,7 @@ class Subscriber(Protocol):
 
     echo: bool
     out: bytearray
-    close_reason: object
+    close_reason: CloseReason | None
     wake_pending: bool
     max_pending: int
 

@@ -282,7 +282,8 @@ class Uplink:
             self._set_up(False)
 
     def _backoff(self, failures: int) -> float:
-        base = min(self.remote.reconnect_max, self.remote.reconnect_delay * 2 ** (failures - 1))
+        growth = self.remote.reconnect_delay * 2.0 ** (failures - 1)
+        base: float = min(self.remote.reconnect_max, growth)
         return base * random.uniform(0.8, 1.2)
 
     def _pick_url(self) -> LeafURL:
@@ -347,7 +348,9 @@ class Uplink:
             stream = await self._start_tls(stream, url)
         return stream, info
 
-    async def _start_tls(self, stream: trio.abc.Stream, url: LeafURL) -> trio.SSLStream:
+    async def _start_tls(
+        self, stream: trio.abc.Stream, url: LeafURL
+    ) -> trio.SSLStream[trio.abc.Stream]:
         tls = self.remote.tls
         context = ssl.create_default_context(cafile=tls.ca_file if tls else None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -357,7 +360,9 @@ class Uplink:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         name = (tls.server_name if tls else None) or url.host
-        ssl_stream = trio.SSLStream(stream, context, server_hostname=name)
+        ssl_stream: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
+            stream, context, server_hostname=name
+        )
         try:
             await ssl_stream.do_handshake()
         except (ssl.SSLError, trio.BrokenResourceError) as exc:
@@ -411,7 +416,7 @@ class Uplink:
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
                 return
-            for event in parser.feed(data):
+            for event in parser.feed(data if type(data) is bytes else bytes(data)):
                 if type(event) is LMsg:
                     subject, reply, queues, hdr, payload = event
                     if session.may_receive(subject):
@@ -471,7 +476,7 @@ async def _read_first_info(stream: trio.abc.Stream, parser: LeafParser) -> bytes
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
             raise LeafError(LeafErrorKind.PROTOCOL, "the hub closed before sending INFO")
-        events = parser.feed(data)
+        events = parser.feed(data if type(data) is bytes else bytes(data))
         for event in events:
             if type(event) is Info:
                 return event.raw
