@@ -121,47 +121,35 @@ class Router:
         Returns False when nobody at all (local or hub) wanted it.
         """
         plain, queues = self._match(subject)
-        # The most common cases, kept short: one subscriber, or one queue group.
         # The two commonest cases, one subscriber or one queue group, are framed
         # here inline: every call saved is measurable at these rates.
-        if not queues:
-            if len(plain) == 1:
-                sub = plain[0]
-                client = sub.client
-                if client is not origin or origin.echo:
-                    if hdr or reply or client.close_reason is not None:
-                        client.deliver(sub, subject, reply, hdr, data)
-                    else:
-                        out = client.out
-                        out += (
-                            sub.head
-                            if subject == sub.subject
-                            else b"MSG %b %b " % (subject, sub.sid)
-                        )
-                        out += _SIZE_LINES.get(len(data)) or _size_line(len(data))
-                        out += data
-                        out += b"\r\n"
-                        sub.delivered += 1
-                        if sub.max_msgs or not client.wake_pending or len(out) > client.max_pending:
-                            client.appended(sub)
-                if self.links:
-                    self._forward(origin, subject, reply, hdr, data, queues)
-                return True
+        single = True
+        sub: Subscription | None
+        if not queues and len(plain) == 1:
+            sub = plain[0]
+            if sub.client is origin and not origin.echo:
+                sub = None  # the publisher's own subscription, echo off
         elif not plain and len(queues) == 1 and (origin is None or origin.echo):
             members = queues[0][1]
             sub = members[int(random() * len(members))] if len(members) > 1 else members[0]
-            client = sub.client
-            if hdr or reply or client.close_reason is not None:
-                client.deliver(sub, subject, reply, hdr, data)
-            else:
-                out = client.out
-                out += sub.head if subject == sub.subject else b"MSG %b %b " % (subject, sub.sid)
-                out += _SIZE_LINES.get(len(data)) or _size_line(len(data))
-                out += data
-                out += b"\r\n"
-                sub.delivered += 1
-                if sub.max_msgs or not client.wake_pending or len(out) > client.max_pending:
-                    client.appended(sub)
+        else:
+            single = False
+        if single:
+            if sub is not None:
+                client = sub.client
+                if hdr or reply or client.close_reason is not None:
+                    client.deliver(sub, subject, reply, hdr, data)
+                else:
+                    out = client.out
+                    out += (
+                        sub.head if subject == sub.subject else b"MSG %b %b " % (subject, sub.sid)
+                    )
+                    out += _SIZE_LINES.get(len(data)) or _size_line(len(data))
+                    out += data
+                    out += b"\r\n"
+                    sub.delivered += 1
+                    if sub.max_msgs or not client.wake_pending or len(out) > client.max_pending:
+                        client.appended(sub)
             if self.links:
                 self._forward(origin, subject, reply, hdr, data, queues)
             return True
