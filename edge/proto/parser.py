@@ -232,7 +232,7 @@ class ClientParser(FrameParser):
                 start = nl + 1
                 stop = start + size
                 if stop + 2 <= n:
-                    if data[stop : stop + 2] != b"\r\n":
+                    if data[stop] != 13 or data[stop + 1] != 10:  # no slice: no allocation
                         raise errors.UNKNOWN_OP
                     append(new(Pub, (subject, reply, 0, data[start:stop])))
                     pos = stop + 2
