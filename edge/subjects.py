@@ -45,9 +45,7 @@ def is_valid_subject(subject: bytes) -> bool:
         return False
     # A non-final ">" token is either the first token (">.") or an inner one
     # (".>."); a final one (">" or "....>") is fine.
-    return _FWC_BYTE not in subject or not (
-        subject.startswith(b">.") or subject.find(b".>.") >= 0
-    )
+    return _FWC_BYTE not in subject or not (subject.startswith(b">.") or subject.find(b".>.") >= 0)
 
 
 def _has_token(subject: bytes, byte: int, token: bytes) -> bool:

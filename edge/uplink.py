@@ -262,9 +262,7 @@ class Uplink:
                     pause = exc.pause
                     if exc.kind is LeafErrorKind.AUTH:
                         auth_failures += 1
-                        pause = min(
-                            AUTH_BACKOFF_MAX, AUTH_BACKOFF_START * 2 ** (auth_failures - 1)
-                        )
+                        pause = min(AUTH_BACKOFF_MAX, AUTH_BACKOFF_START * 2 ** (auth_failures - 1))
                 except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
                     error = _describe(exc)
                 except Exception as exc:  # the uplink's boundary: a bug must not stop the server
@@ -316,8 +314,9 @@ class Uplink:
                 raise
         try:
             nonce = info.get("nonce")
-            self.out = bytearray(b"".join(self.session.opening(nonce if isinstance(nonce, str)
-                                                                else None)))
+            self.out = bytearray(
+                b"".join(self.session.opening(nonce if isinstance(nonce, str) else None))
+            )
             self._pings_out = 0
             self._learn_urls(url)
             try:
@@ -342,9 +341,7 @@ class Uplink:
             stream = await self._start_tls(stream, url)
         raw_info = await _read_first_info(stream, parser)
         info = self.session.on_first_info(raw_info)
-        if (wants_tls or self.session.info.tls_required) and not isinstance(
-            stream, trio.SSLStream
-        ):
+        if (wants_tls or self.session.info.tls_required) and not isinstance(stream, trio.SSLStream):
             stream = await self._start_tls(stream, url)
         return stream, info
 

@@ -183,9 +183,7 @@ def filters(draw: st.DrawFn) -> bytes:
     return b".".join(toks)
 
 
-literal_subjects = st.lists(st.sampled_from(SUBJECT_TOKENS), min_size=1, max_size=5).map(
-    b".".join
-)
+literal_subjects = st.lists(st.sampled_from(SUBJECT_TOKENS), min_size=1, max_size=5).map(b".".join)
 
 # Every literal subject up to MAX_DEPTH + 1 tokens: long enough to witness any
 # difference between two filters of at most MAX_DEPTH tokens.

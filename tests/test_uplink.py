@@ -289,9 +289,7 @@ def test_link_cut_and_restored_without_restarting(tmp_path: Path, hub: HubProces
         # The hub advertises its real leafnode URL; a leaf that used it would
         # reconnect around the proxy (leafnode.md §1.1), so this edge must not.
         toml = (
-            "[[leafnodes.remotes]]\n"
-            f'url = "{leaf_url(proxy.port)}"\n'
-            "use_advertised_urls = false\n"
+            f'[[leafnodes.remotes]]\nurl = "{leaf_url(proxy.port)}"\nuse_advertised_urls = false\n'
         )
         edge = start_leafgate("-n", "edge-cut", config_text=toml, tmp_path=tmp_path / "edge")
         try:
@@ -532,11 +530,7 @@ def test_nkey_seed_authenticates_the_link(tmp_path: Path) -> None:
         "] }\n"
     )
     hub = start_hub(tmp_path / "hub", jetstream=False, extra=users)
-    toml = (
-        "[[leafnodes.remotes]]\n"
-        f'url = "{leaf_url(hub.leaf_port)}"\n'
-        f'nkey = "{seed_file}"\n'
-    )
+    toml = f'[[leafnodes.remotes]]\nurl = "{leaf_url(hub.leaf_port)}"\nnkey = "{seed_file}"\n'
     edge = start_leafgate("-n", "edge-nkey", config_text=toml, tmp_path=tmp_path / "edge")
     try:
 
