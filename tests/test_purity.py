@@ -22,6 +22,8 @@ _CANDIDATES = [
     ROOT / "edge" / "subjects.py",
     ROOT / "edge" / "sublist.py",
     ROOT / "edge" / "config.py",
+    ROOT / "edge" / "config_values.py",
+    ROOT / "edge" / "config_load.py",
     ROOT / "bridges" / "mapping.py",
     ROOT / "bridges" / "framing.py",
 ]
