@@ -52,6 +52,7 @@ class ClientConnection:
         "_scope",
         "_wake",
         "activity",
+        "backlogged",
         "cid",
         "close_reason",
         "echo",
@@ -72,6 +73,7 @@ class ClientConnection:
         "router",
         "server",
         "session",
+        "stall_mark",
         "started",
         "stream",
         "subs",
@@ -99,6 +101,11 @@ class ClientConnection:
         self._scope: trio.CancelScope | None = None
         self._auth_scope = trio.CancelScope()
         self.max_pending = config.max_pending
+        # Past this much pending output, publishers feeding us are briefly held
+        # back (as nats-server stalls producers) so we can catch up before we
+        # reach max_pending and have to be dropped as a slow consumer.
+        self.stall_mark = config.max_pending // 2
+        self.backlogged = False
         self.write_deadline = config.write_deadline
         # Options before CONNECT are nats-server's defaults.
         opts = self.session.options
@@ -142,22 +149,21 @@ class ClientConnection:
             out += _SIZE_LINES.get(len(data)) or _size_line(len(data))
             out += data
             out += b"\r\n"
-        if len(out) > self.max_pending:
-            self._slow_consumer(CloseReason.SLOW_CONSUMER_PENDING)
-            return
-        if not self.wake_pending:
-            self.wake_pending = True
-            self._wake.set()
         sub.delivered += 1
-        if sub.max_msgs and sub.delivered >= sub.max_msgs:
-            self._remove_sub(sub)
+        if sub.max_msgs or not self.wake_pending or len(out) > self.stall_mark:
+            self.appended(sub)
 
     def appended(self, sub: Subscription) -> None:
         """Finish a delivery the router appended to ``out`` itself (its fast path):
-        enforce max_pending, wake the writer, honour UNSUB max."""
-        if len(self.out) > self.max_pending:
-            self._slow_consumer(CloseReason.SLOW_CONSUMER_PENDING)
-            return
+        enforce max_pending, note a backlog, wake the writer, honour UNSUB max."""
+        pending = len(self.out)
+        if pending > self.stall_mark:
+            if pending > self.max_pending:
+                self._slow_consumer(CloseReason.SLOW_CONSUMER_PENDING)
+                return
+            if not self.backlogged:
+                self.backlogged = True
+                self.server.note_backlog(self)
         if not self.wake_pending:
             self.wake_pending = True
             self._wake.set()
@@ -236,6 +242,9 @@ class ClientConnection:
             self.close_reason = self.close_reason or CloseReason.INTERNAL_ERROR
         finally:
             self._unsubscribe_all()
+            if self.backlogged:
+                self.backlogged = False
+                self.server.drained(self)
             self.server.forget(self)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
@@ -269,6 +278,9 @@ class ClientConnection:
             if deadline.cancelled_caught:
                 self._slow_consumer(CloseReason.SLOW_CONSUMER_DEADLINE)
                 return
+            if self.backlogged and len(self.out) <= self.stall_mark:
+                self.backlogged = False
+                self.server.drained(self)
 
     async def _reader(self, auth_timeout: float | None) -> None:
         deadline = trio.current_time() + auth_timeout if auth_timeout else math.inf
@@ -318,6 +330,8 @@ class ClientConnection:
                 if self.close_reason is not None:
                     break
             self.in_msgs += pubs
+            if self.server.backlogged:
+                await self.server.hold_producer(self)
 
     # ---- events -----------------------------------------------------------------
 

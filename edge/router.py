@@ -37,7 +37,7 @@ class Subscriber(Protocol):
 
     On its fast paths the router appends a framed MSG to ``out`` itself and
     calls ``appended`` only when something needs doing (writer asleep, buffer
-    over ``max_pending``, an UNSUB max to honour); everything else goes through
+    over its stall mark, an UNSUB max to honour); everything else goes through
     ``deliver``.
     """
 
@@ -45,7 +45,7 @@ class Subscriber(Protocol):
     out: bytearray
     close_reason: CloseReason | None
     wake_pending: bool
-    max_pending: int
+    stall_mark: int
 
     def appended(self, sub: Subscription) -> None: ...
 
@@ -148,7 +148,7 @@ class Router:
                     out += data
                     out += b"\r\n"
                     sub.delivered += 1
-                    if sub.max_msgs or not client.wake_pending or len(out) > client.max_pending:
+                    if sub.max_msgs or not client.wake_pending or len(out) > client.stall_mark:
                         client.appended(sub)
             if self.links:
                 self._forward(origin, subject, reply, hdr, data, queues)
@@ -180,7 +180,7 @@ class Router:
                     out += sub.sid
                     out += tail
                     sub.delivered += 1
-                    if sub.max_msgs or not client.wake_pending or len(out) > client.max_pending:
+                    if sub.max_msgs or not client.wake_pending or len(out) > client.stall_mark:
                         client.appended(sub)
             for _queue, members in queues:
                 sub = members[int(random() * len(members))] if len(members) > 1 else members[0]
@@ -191,7 +191,7 @@ class Router:
                     out += sub.sid
                     out += tail
                     sub.delivered += 1
-                    if sub.max_msgs or not client.wake_pending or len(out) > client.max_pending:
+                    if sub.max_msgs or not client.wake_pending or len(out) > client.stall_mark:
                         client.appended(sub)
         else:
             for sub in plain:

@@ -56,6 +56,7 @@ log = get_logger("edge.server")
 PROTOCOL_VERSION = "2.10.0"
 FIRST_PING_DELAY = 2.0
 TICK = 0.25
+STALL_MAX = 0.05  # longest a publisher is held back per read
 
 
 def leafgate_version() -> str:
@@ -68,6 +69,7 @@ class ServerStats:
     slow_consumers: int = 0
     stale_connections: int = 0
     refused_max_connections: int = 0
+    producer_stalls: int = 0
 
 
 class Server:
@@ -82,6 +84,9 @@ class Server:
         )
         self.clients: dict[int, ClientConnection] = {}
         self.uplinks: list[Uplink] = []
+        # Clients whose pending output passed their stall mark (see hold_producer).
+        self.backlogged: set[ClientConnection] = set()
+        self._drained = trio.Event()
         self.stats = ServerStats()
         self.port = 0
         self.host = config.host
@@ -208,6 +213,28 @@ class Server:
         self.clients[client.cid] = client
         auth_timeout = self.config.auth.timeout if self.credentials.required else None
         await client.run(self.info_for(client), auth_timeout)
+
+    def note_backlog(self, client: ClientConnection) -> None:
+        self.backlogged.add(client)
+
+    def drained(self, client: ClientConnection) -> None:
+        self.backlogged.discard(client)
+        if not self.backlogged:
+            self._drained.set()
+            self._drained = trio.Event()
+
+    async def hold_producer(self, producer: ClientConnection) -> None:
+        """Hold a publisher back briefly while a subscriber it feeds catches up.
+
+        nats-server stalls producers the same way. The wait is bounded
+        (``STALL_MAX`` per read), so a subscriber that does not read only slows
+        publishers until it reaches max_pending and is dropped.
+        """
+        if self.backlogged == {producer}:
+            return
+        self.stats.producer_stalls += 1
+        with trio.move_on_after(STALL_MAX):
+            await self._drained.wait()
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.pop(client.cid, None)

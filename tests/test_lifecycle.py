@@ -175,3 +175,59 @@ def test_config_error_names_the_key(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert b"max_payload" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_fast_publisher_does_not_make_a_reading_subscriber_slow(tmp_path: Path) -> None:
+    """A publisher faster than the server can write to a subscriber that reads:
+    the publisher is held back briefly (as nats-server stalls producers) instead
+    of the subscriber being dropped as a slow consumer; every message arrives."""
+    import threading
+
+    server = start_leafgate(
+        config_text='max_pending = "2MB"\nmax_payload = "64KB"\n', tmp_path=tmp_path
+    )
+    payload = b"x" * 1024
+    frame = b"MSG load 1 1024\r\n" + payload + b"\r\n"
+    sub = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sub.sendall(b'CONNECT {"verbose":false}\r\nSUB load 1\r\nPING\r\n')
+    seen = b""
+    while b"PONG\r\n" not in seen:
+        seen += sub.recv(4096)
+    received = [len(seen.split(b"PONG\r\n", 1)[1])]
+    closed = threading.Event()
+
+    def read() -> None:
+        try:
+            while True:
+                chunk = sub.recv(1 << 20)
+                if not chunk:
+                    closed.set()
+                    return
+                received[0] += len(chunk)
+        except OSError:
+            return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    pub = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    pub.sendall(b'CONNECT {"verbose":false}\r\n')
+    batch = (b"PUB load 1024\r\n" + payload + b"\r\n") * 256
+    sent = 0
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        pub.sendall(batch)
+        sent += 256
+    pub.sendall(b"PING\r\n")
+    answer = b""
+    while b"PONG" not in answer:
+        answer += pub.recv(4096)
+    # Everything published was delivered to the subscriber, which stayed connected.
+    end = time.monotonic() + 20
+    while received[0] < sent * len(frame) and time.monotonic() < end and not closed.is_set():
+        time.sleep(0.05)
+    assert not closed.is_set(), "the subscriber was dropped as a slow consumer"
+    assert received[0] == sent * len(frame)
+    sub.close()
+    pub.close()
+    server.stop()
+    assert "slow_consumer" not in server.log_tail()
