@@ -119,6 +119,19 @@ async def both_ends(
     return edge, hub
 
 
+def assert_link_up(
+    edge: ServerProcess, hub: HubProcess, hub_auth: tuple[str, str] | None = None
+) -> None:
+    """Messages published at the edge reach a client of the hub."""
+
+    async def scenario() -> None:
+        e, h = await both_ends(edge.port, hub.client_port, hub_auth)
+        await e.close()
+        await h.close()
+
+    run(scenario())
+
+
 async def collect(nc: Client, subject: str, queue: str = "") -> list[Msg]:
     got: list[Msg] = []
 
@@ -254,7 +267,12 @@ def test_queue_groups_span_edge_and_hub(hub: HubProcess, edge: ServerProcess) ->
 def test_interest_is_withdrawn_on_unsubscribe(hub: HubProcess, edge: ServerProcess) -> None:
     async def scenario() -> None:
         e, h = await both_ends(edge.port, hub.client_port)
-        got = await collect(e, "gone.soon")
+        got: list[Msg] = []
+
+        async def on_msg(msg: Msg) -> None:
+            got.append(msg)
+
+        sub1 = await e.subscribe("gone.soon", cb=on_msg)
         sub2 = await e.subscribe("gone.soon")
         await settle(e)
         await asyncio.sleep(0.2)
@@ -269,9 +287,7 @@ def test_interest_is_withdrawn_on_unsubscribe(hub: HubProcess, edge: ServerProce
         await settle(h)
         await wait_until(lambda: len(got) == 2)
         # A hub request to a subject nobody at the edge wants any more: no responders.
-        for sub in list(e._subs.values()):
-            if sub.subject == "gone.soon":
-                await sub.unsubscribe()
+        await sub1.unsubscribe()
         await settle(e)
         await asyncio.sleep(0.3)
         with pytest.raises(nats.errors.NoRespondersError):
@@ -412,13 +428,7 @@ def test_right_credentials_bind_the_link(tmp_path: Path) -> None:
     hub = start_hub(tmp_path / "hub", jetstream=False, leaf_auth=("leaf", "right"))
     edge = start_edge(tmp_path / "edge", leaf_url(hub.leaf_port, "leaf", "right"))
     try:
-
-        async def scenario() -> None:
-            e, h = await both_ends(edge.port, hub.client_port)
-            await e.close()
-            await h.close()
-
-        run(scenario())
+        assert_link_up(edge, hub)
     finally:
         edge.stop()
         hub.stop()
@@ -499,13 +509,7 @@ def test_tls_hub(tmp_path: Path) -> None:
     edge = start_leafgate("-n", "edge-tls", config_text=toml, tmp_path=tmp_path / "edge")
     plain = start_edge(tmp_path / "plain", leaf_url(hub.leaf_port), name="edge-plain")
     try:
-
-        async def scenario() -> None:
-            e, h = await both_ends(edge.port, hub.client_port)
-            await e.close()
-            await h.close()
-
-        run(scenario())
+        assert_link_up(edge, hub)
         # Without TLS configured, the hub's tls_required INFO still makes leafgate
         # upgrade; with no client certificate the hub refuses it: a clear error.
         log = _edge_log_after(plain, "uplink_down")
@@ -533,13 +537,7 @@ def test_nkey_seed_authenticates_the_link(tmp_path: Path) -> None:
     toml = f'[[leafnodes.remotes]]\nurl = "{leaf_url(hub.leaf_port)}"\nnkey = "{seed_file}"\n'
     edge = start_leafgate("-n", "edge-nkey", config_text=toml, tmp_path=tmp_path / "edge")
     try:
-
-        async def scenario() -> None:
-            e, h = await both_ends(edge.port, hub.client_port, APP)
-            await e.close()
-            await h.close()
-
-        run(scenario())
+        assert_link_up(edge, hub, APP)
     finally:
         edge.stop()
         hub.stop()
