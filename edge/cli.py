@@ -20,9 +20,11 @@ from typing import Any, NoReturn
 from edge.config import (
     LOG_FORMATS,
     ConfigError,
+    ForwardGroup,
     RemoteConfig,
     ServerConfig,
     apply_overrides,
+    check_store_has_hub,
     format_size,
     load_config,
     mask_url,
@@ -265,6 +267,24 @@ def _add_server_flags(parser: _Parser) -> None:
         help="hub account the link must be bound to (first remote)",
     )
 
+    store = _Group(parser, "store-and-forward")
+    store.add_argument(
+        "--forward",
+        dest="forward",
+        action="append",
+        metavar="SUBJECT",
+        help="keep messages on SUBJECT (wildcards allowed) in the store until the hub "
+        "confirmed them; repeat for more subjects (one group, fsync per batch). "
+        "Replaces the subjects of the config file's first [[store.forward]]",
+    )
+    store.add_argument(
+        "--store",
+        dest="store_dir",
+        metavar="DIR",
+        help="directory of the SQLite store (default: $STATE_DIRECTORY, else "
+        "$XDG_STATE_HOME/leafgate, else ~/.local/state/leafgate)",
+    )
+
     log = _Group(parser, "logging")
     log.add_argument(
         "-l",
@@ -390,7 +410,30 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     remotes = _hub_remotes(config, args)
     if remotes is not None:
         changes["leafnodes"] = {"remotes": remotes}
-    return apply_overrides(config, **changes)
+    store = _store_changes(config, args)
+    if store:
+        changes["store"] = store
+    config = apply_overrides(config, **changes)
+    check_store_has_hub(config)
+    return config
+
+
+def _store_changes(config: ServerConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """--forward/--store over the file's [store]: --forward sets the subjects of the
+    first group (creating it with the defaults if the file has none)."""
+    changes: dict[str, Any] = {}
+    subjects: list[str] | None = getattr(args, "forward", None)
+    if subjects is not None:
+        groups = list(config.store.groups)
+        if groups:
+            groups[0] = dataclasses.replace(groups[0], subjects=tuple(subjects))
+        else:
+            groups.append(ForwardGroup(subjects=tuple(subjects)))
+        changes["groups"] = tuple(groups)
+    store_dir: str | None = getattr(args, "store_dir", None)
+    if store_dir is not None:
+        changes["dir"] = store_dir
+    return changes
 
 
 def _hub_remotes(config: ServerConfig, args: argparse.Namespace) -> tuple[RemoteConfig, ...] | None:
@@ -471,6 +514,25 @@ def describe(config: ServerConfig) -> list[str]:
     for i, remote in enumerate(config.leafnodes.remotes):
         lines.append(f"leafnode remote {i}: {', '.join(mask_url(u) for u in remote.urls)}")
         lines.append(f"                   {_describe_remote(remote)}")
+    if config.store.enabled:
+        from store.paths import store_dir  # pure path logic, no sqlite
+
+        lines.append(f"store:             {store_dir(config.store)}")
+        for group in config.store.groups:
+            limits = [
+                f"{label} {value}"
+                for label, value in (
+                    ("max_bytes", format_size(group.max_bytes) if group.max_bytes else ""),
+                    ("max_msgs", str(group.max_msgs) if group.max_msgs else ""),
+                    ("max_age", f"{group.max_age:g}s" if group.max_age else ""),
+                )
+                if value
+            ]
+            lines.append(
+                f"  forward {group.name}: {', '.join(group.subjects)}; {group.durability}, "
+                f"{', '.join(limits) or 'no limits'}, policy {group.policy}, "
+                f"confirm {group.confirm}"
+            )
     if config.pid_file:
         lines.append(f"pid_file:          {config.pid_file}")
     if config.ports_file_dir:

@@ -137,6 +137,66 @@ class LeafnodesConfig:
     remotes: tuple[RemoteConfig, ...] = ()
 
 
+DURABILITY_MODES = ("fsync", "commit", "memory")
+OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "reject")
+CONFIRM_MODES = ("auto", "jetstream", "link")
+
+
+@dataclass(frozen=True)
+class ForwardGroup:
+    """Subjects whose messages are kept in the store until the hub confirmed them.
+
+    ``durability`` (what a committed message survives, see store/README.md):
+    ``fsync``: committed and fsynced per batch before it goes up (survives power
+    loss); ``commit``: committed without waiting for fsync (survives a crash of
+    leafgate, not of the machine); ``memory``: held in memory while the link is
+    up and written to disk only when the link is down or the hub falls behind.
+
+    Limits (0 = none) apply per group; ``policy`` says what happens when one is
+    hit: drop the oldest stored message, drop the new one, or refuse it (the
+    publisher gets an error). ``confirm``: ``jetstream`` waits for the hub
+    stream's PubAck, ``link`` for the PONG answering a PING sent after the
+    message, ``auto`` asks the hub whether a stream covers the subjects.
+    """
+
+    subjects: tuple[str, ...]
+    name: str = "default"
+    durability: str = "fsync"
+    max_bytes: int = 0
+    max_msgs: int = 0
+    max_age: float = 0.0
+    policy: str = "drop_oldest"
+    confirm: str = "auto"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The store-and-forward buffer (``[store]`` with ``[[store.forward]]`` groups)."""
+
+    # Directory of the SQLite store; None: $STATE_DIRECTORY (systemd), else
+    # $XDG_STATE_HOME/leafgate, else ~/.local/state/leafgate.
+    dir: str | None = None
+    groups: tuple[ForwardGroup, ...] = ()
+    # Below this much free space on the store's file system, new messages are
+    # handled as if their group were full.
+    min_free_disk: int = 64 * MIB
+    # Hard cap on the store file (0: none); reaching it is handled as a full disk.
+    max_file_size: int = 0
+    # Id that names this gateway in Nats-Msg-Id (``<gateway>:<seq>``); None:
+    # the one created with the store (host name and a random suffix).
+    gateway_id: str | None = None
+    # Messages sent to the hub and not yet confirmed; resent after ack_timeout.
+    max_inflight: int = 4096
+    ack_timeout: float = 5.0
+    # JetStream domain of the hub, for the stream lookup ($JS.<domain>.API...);
+    # None: the domain the hub announces, else $JS.API.
+    jetstream_domain: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.groups)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = DEFAULT_HOST
@@ -161,6 +221,7 @@ class ServerConfig:
     http_port: int | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
     leafnodes: LeafnodesConfig = field(default_factory=LeafnodesConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Files written at start, as nats-server does (--ports_file_dir, -P/--pid).
     ports_file_dir: str | None = None
@@ -305,6 +366,7 @@ def _validate(config: ServerConfig, url_keys: Sequence[str]) -> None:
 
     _validate_auth(config.auth)
     _validate_leafnodes(config.leafnodes, url_keys)
+    _validate_store(config.store)
     _validate_log(config.log)
 
 
@@ -466,6 +528,72 @@ def _check_readable(key: str, path: str) -> None:
         raise _fail(key, f"cannot read {_quote(path)}: {exc.strerror or exc}") from None
 
 
+def _validate_store(store: StoreConfig) -> None:
+    if not isinstance(store, StoreConfig):
+        raise _fail("store", f"expected a StoreConfig, got {_show(store)}")
+    _check_text("store.dir", store.dir, optional=True)
+    _check_int("store.min_free_disk", store.min_free_disk, 0)
+    _check_int("store.max_file_size", store.max_file_size, 0)
+    _check_text("store.gateway_id", store.gateway_id, optional=True)
+    if store.gateway_id is not None and not _GATEWAY_ID_CHARS.issuperset(store.gateway_id):
+        raise _fail(
+            "store.gateway_id",
+            f"may hold only letters, digits, '-', '_' and '.', got {_show(store.gateway_id)}",
+        )
+    _check_int("store.max_inflight", store.max_inflight, 1)
+    _check_seconds("store.ack_timeout", store.ack_timeout, allow_zero=False)
+    _check_text("store.jetstream_domain", store.jetstream_domain, optional=True)
+    if not isinstance(store.groups, tuple | list):
+        raise _fail("store.forward", f"expected a tuple, got {_show(store.groups)}")
+    names: dict[str, str] = {}
+    for i, group in enumerate(store.groups):
+        prefix = f"store.forward[{i}]"
+        if not isinstance(group, ForwardGroup):
+            raise _fail(prefix, f"expected a ForwardGroup, got {_show(group)}")
+        _validate_group(group, prefix)
+        if group.name in names:
+            raise _fail(
+                f"{prefix}.name", f"{_show(group.name)} is already used by {names[group.name]}"
+            )
+        names[group.name] = prefix
+
+
+def check_store_has_hub(config: ServerConfig) -> None:
+    """Store-and-forward needs a hub to forward to. Checked once the file and the
+    flags are combined (the hub may come from ``--hub``)."""
+    if config.store.groups and not config.leafnodes.remotes:
+        raise _fail(
+            "store.forward",
+            "store-and-forward needs a hub: add --hub URL or a [[leafnodes.remotes]] entry",
+        )
+
+
+_GATEWAY_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def _validate_group(group: ForwardGroup, prefix: str) -> None:
+    _check_subjects(f"{prefix}.subjects", group.subjects)
+    if not group.subjects:
+        raise _fail(f"{prefix}.subjects", 'must list at least one subject, like "telemetry.>"')
+    _check_text(f"{prefix}.name", group.name, optional=False)
+    if not _GATEWAY_ID_CHARS.issuperset(group.name):
+        raise _fail(
+            f"{prefix}.name",
+            f"may hold only letters, digits, '-', '_' and '.', got {_show(group.name)}",
+        )
+    for key, value, choices in (
+        ("durability", group.durability, DURABILITY_MODES),
+        ("policy", group.policy, OVERFLOW_POLICIES),
+        ("confirm", group.confirm, CONFIRM_MODES),
+    ):
+        if value not in choices:
+            listed = ", ".join(f'"{c}"' for c in choices)
+            raise _fail(f"{prefix}.{key}", f"expected one of {listed}, got {_show(value)}")
+    _check_int(f"{prefix}.max_bytes", group.max_bytes, 0)
+    _check_int(f"{prefix}.max_msgs", group.max_msgs, 0)
+    _check_seconds(f"{prefix}.max_age", group.max_age, allow_zero=True)
+
+
 def _validate_log(log: LogConfig) -> None:
     for key, flag in (("debug", log.debug), ("trace", log.trace)):
         if not isinstance(flag, bool):
@@ -486,7 +614,7 @@ def apply_overrides(config: ServerConfig, **changes: Any) -> ServerConfig:
     error). Validation errors carry no file name: the value may come from a
     flag rather than the file.
     """
-    for name in ("auth", "leafnodes", "log"):
+    for name in ("auth", "leafnodes", "store", "log"):
         sub = changes.get(name)
         if isinstance(sub, Mapping):
             changes[name] = dataclasses.replace(getattr(config, name), **sub)

@@ -13,10 +13,12 @@ from typing import Any
 from edge.config import (
     AuthConfig,
     ConfigError,
+    ForwardGroup,
     LeafnodesConfig,
     LogConfig,
     RemoteConfig,
     ServerConfig,
+    StoreConfig,
     TLSClientConfig,
     _check_seconds,
     _validate,
@@ -38,7 +40,9 @@ from edge.config_values import (
 # ---------------------------------------------------------------------------
 
 # Sections of the builder, one per dataclass the loader fills in.
-_SERVER, _AUTH, _LOG, _LEAF = "server", "auth", "log", "leafnodes"
+_SERVER, _AUTH, _LOG, _LEAF, _STORE = "server", "auth", "log", "leafnodes", "store"
+# Section of the builder of one store.forward entry.
+_GROUP = "group"
 # Sections of the builder of one leafnodes.remotes entry.
 _REMOTE, _TLS = "remote", "tls"
 
@@ -48,7 +52,7 @@ class _Builder:
 
     def __init__(self, *sections: str) -> None:
         self.sections: dict[str, dict[str, Any]] = {
-            name: {} for name in sections or (_SERVER, _AUTH, _LOG, _LEAF)
+            name: {} for name in sections or (_SERVER, _AUTH, _LOG, _LEAF, _STORE)
         }
         # (section, field) -> the config key that set it, to report two keys
         # that set the same thing (``listen`` and ``port``, ``logfile`` and
@@ -57,6 +61,8 @@ class _Builder:
         # One builder per leafnodes.remotes entry, with its key
         # ("leafnodes.remotes[0]").
         self.remotes: list[tuple[str, _Builder]] = []
+        # One builder per store.forward entry, with its key ("store.forward[0]").
+        self.groups: list[tuple[str, _Builder]] = []
 
     def set(self, section: str, name: str, value: Any, key: str) -> None:
         previous = self.origin.get((section, name))
@@ -144,6 +150,18 @@ def _remotes(builder: _Builder, key: str, value: object) -> None:
         builder.remotes.append((item_key, remote))
 
 
+def _forward_groups(builder: _Builder, key: str, value: object) -> None:
+    if not isinstance(value, list):
+        raise _Invalid(f"expected an array of tables ([[{key}]]), got {_show(value)}")
+    for i, item in enumerate(value):
+        item_key = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(item_key, f"expected a table, got {_show(item)}")
+        group = _Builder(_GROUP)
+        _walk(group, item, _FORWARD_KEYS, prefix=item_key + ".")
+        builder.groups.append((item_key, group))
+
+
 def _walk(
     builder: _Builder, table: Mapping[str, object], handlers: Mapping[str, _Handler], prefix: str
 ) -> None:
@@ -209,6 +227,29 @@ _REMOTE_KEYS: dict[str, _Handler] = {
     "ping_max": _setting(_REMOTE, "ping_max", _to_int),
 }
 
+# One [[store.forward]] entry.
+_FORWARD_KEYS: dict[str, _Handler] = {
+    "subjects": _string_list(_GROUP, "subjects", single=True),
+    "name": _setting(_GROUP, "name", _to_str),
+    "durability": _setting(_GROUP, "durability", _to_str),
+    "max_bytes": _setting(_GROUP, "max_bytes", parse_size),
+    "max_msgs": _setting(_GROUP, "max_msgs", _to_int),
+    "max_age": _setting(_GROUP, "max_age", parse_duration),
+    "policy": _setting(_GROUP, "policy", _to_str),
+    "confirm": _setting(_GROUP, "confirm", _to_str),
+}
+
+_STORE_KEYS: dict[str, _Handler] = {
+    "dir": _setting(_STORE, "dir", _to_str),
+    "min_free_disk": _setting(_STORE, "min_free_disk", parse_size),
+    "max_file_size": _setting(_STORE, "max_file_size", parse_size),
+    "gateway_id": _setting(_STORE, "gateway_id", _to_str),
+    "max_inflight": _setting(_STORE, "max_inflight", _to_int),
+    "ack_timeout": _setting(_STORE, "ack_timeout", parse_duration),
+    "jetstream_domain": _setting(_STORE, "jetstream_domain", _to_str),
+    "forward": _forward_groups,
+}
+
 _LEAFNODES_KEYS: dict[str, _Handler] = {
     # The reconnect delay of every remote that does not set its own.
     "reconnect": _setting(_LEAF, "reconnect_delay", parse_duration),
@@ -247,6 +288,7 @@ _TOP_LEVEL_KEYS: dict[str, _Handler] = {
     "log_format": _setting(_LOG, "format", _to_str),
     "authorization": _table(_AUTHORIZATION_KEYS),
     "leafnodes": _table(_LEAFNODES_KEYS),
+    "store": _table(_STORE_KEYS),
 }
 
 
@@ -259,6 +301,7 @@ def config_from_dict(data: Mapping[str, object], file: str | None = None) -> Ser
         **builder.sections[_SERVER],
         auth=AuthConfig(**builder.sections[_AUTH]),
         leafnodes=LeafnodesConfig(remotes=remotes),
+        store=_build_store(builder),
         log=LogConfig(**builder.sections[_LOG]),
         config_file=file,
     )
@@ -294,6 +337,19 @@ def _build_remotes(builder: _Builder) -> tuple[tuple[RemoteConfig, ...], list[st
             remote = dataclasses.replace(remote, reconnect_max=remote.reconnect_delay)
         remotes.append(remote)
     return tuple(remotes), url_keys
+
+
+def _build_store(builder: _Builder) -> StoreConfig:
+    groups = []
+    for i, (_key, draft) in enumerate(builder.groups):
+        kwargs = dict(draft.sections[_GROUP])
+        # An unnamed group is named after its place: "default" for the only or
+        # first one, "group<N>" for the others.
+        kwargs.setdefault("name", "default" if i == 0 else f"group{i}")
+        if "subjects" not in kwargs:
+            raise ConfigError(_key, 'needs subjects, like subjects = ["telemetry.>"]')
+        groups.append(ForwardGroup(**kwargs))
+    return StoreConfig(**builder.sections[_STORE], groups=tuple(groups))
 
 
 def load_config(path: str) -> ServerConfig:

@@ -300,6 +300,7 @@ class ClientConnection:
         on_pub = self._on_pub
         on_control = self._on_control
         valid = _VALID_SUBJECTS
+        store = self.server.store
         while self.close_reason is None:
             try:
                 data = await receive(RECEIVE_SIZE)
@@ -332,6 +333,8 @@ class ClientConnection:
             self.in_msgs += pubs
             if self.server.backlogged:
                 await self.server.hold_producer(self)
+            if store is not None and store.congested:
+                await store.wait_room()
 
     # ---- events -----------------------------------------------------------------
 

@@ -89,13 +89,25 @@ class Link(Protocol):
     ) -> bool: ...
 
 
+class Store(Protocol):
+    """What the router needs from the store-and-forward buffer (see store.writer)."""
+
+    def classify(self, subject: bytes) -> int: ...
+    def accept(
+        self, origin: object, group: int, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None: ...
+
+
 class Router:
-    __slots__ = ("_match", "links", "messages_in", "sublist")
+    __slots__ = ("_match", "links", "messages_in", "store", "sublist")
 
     def __init__(self, cache_size: int = 4096) -> None:
         self.sublist: Sublist[Subscription] = Sublist(cache_size)
         self._match = self.sublist.match
         self.messages_in = 0
+        # Messages on store-and-forward subjects go up through the store, in
+        # sequence order, instead of straight to the links.
+        self.store: Store | None = None
         # Uplinks to hubs; each hears about every local interest change and is
         # offered every local message after local delivery.
         self.links: list[Link] = []
@@ -212,6 +224,12 @@ class Router:
         data: bytes,
         queues: tuple[tuple[bytes, tuple[Subscription, ...]], ...],
     ) -> bool:
+        store = self.store
+        if store is not None and origin is not None:
+            group = store.classify(subject)
+            if group >= 0:
+                store.accept(origin, group, subject, reply, hdr, data)
+                return True
         sent = False
         for link in self.links:
             if link is not origin and link.forward(subject, reply, hdr, data, queues):

@@ -46,9 +46,11 @@ from edge.proto.errors import CloseReason
 from edge.proto.ids import new_server_id
 from edge.proto.session import Credentials
 from edge.router import Router
+from store.errors import StoreOpenError
 
 if TYPE_CHECKING:
     from edge.uplink import Uplink
+    from store.writer import Store
 
 log = get_logger("edge.server")
 
@@ -84,6 +86,14 @@ class Server:
         )
         self.clients: dict[int, ClientConnection] = {}
         self.uplinks: list[Uplink] = []
+        self.store: Store | None = None
+        if config.store.enabled:
+            from store.writer import Store  # imported only when the store is used
+
+            self.store = Store(config.store, hostname=config.server_name)
+            self.store.send_reply = self._send_reply
+            self.store.send_error = _send_error
+            self.router.store = self.store
         # Clients whose pending output passed their stall mark (see hold_producer).
         self.backlogged: set[ClientConnection] = set()
         self._drained = trio.Event()
@@ -107,6 +117,9 @@ class Server:
     def enter_lame_duck(self) -> None:
         """Stop accepting, warn clients, close them gradually, then stop."""
         self._lame_duck_requested.set()
+
+    def _send_reply(self, reply: bytes, data: bytes) -> None:
+        self.router.publish(None, reply, b"", 0, data)
 
     # ---- INFO -------------------------------------------------------------------
 
@@ -150,6 +163,19 @@ class Server:
                 http_port=self.config.http_port,
                 detail="HTTP monitoring is not implemented yet; the port is not opened",
             )
+        # The store is outermost: it opens first and closes last, after the
+        # clients and the uplink, committing whatever they handed it.
+        async with trio.open_nursery() as outer:
+            if self.store is not None:
+                await outer.start(self.store.run)
+                self._adopt_store_identity()
+            await self._serve(listeners, task_status)
+            outer.cancel_scope.cancel()
+        log.info("server_stopped", server_id=self.server_id)
+
+    async def _serve(
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[Server]
+    ) -> None:
         log.info(
             "listening",
             host=self.config.host,
@@ -175,7 +201,15 @@ class Server:
                 await self._stop.wait()
                 services.cancel_scope.cancel()
             await self._close_all(connections, CloseReason.SERVER_SHUTDOWN)
-        log.info("server_stopped", server_id=self.server_id)
+
+    def _adopt_store_identity(self) -> None:
+        """The server id lives in the store, so a gateway keeps it across restarts."""
+        assert self.store is not None
+        self.server_id = self.store.server_id
+        if not self.config.server_name:
+            self.name = self.server_id
+        self._info_base = self._base_info()
+        self._info_base["port"] = self.port
 
     async def _accept_loop(
         self, listeners: list[trio.SocketListener], connections: trio.Nursery
@@ -305,6 +339,11 @@ class Server:
         connections.cancel_scope.cancel()
 
 
+def _send_error(origin: object, err: bytes) -> None:
+    if isinstance(origin, ClientConnection):
+        origin.send(err)
+
+
 @asynccontextmanager
 async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
     """Run a server inside a Trio program for the duration of the block."""
@@ -380,6 +419,9 @@ async def serve(config: ServerConfig) -> int:
                 await nursery.start(run_then_stop)
             except OSError as exc:
                 log.error("listen_failed", host=config.host, port=config.port, error=str(exc))
+                return 1
+            except StoreOpenError as exc:
+                log.error("store_open_failed", error=str(exc))
                 return 1
             # Signals are handled before anyone can learn we are up (pid/ports files).
             await nursery.start(_signals, server)

@@ -26,6 +26,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,7 @@ from edge.router import _SIZE_LINES, _size_line
 if TYPE_CHECKING:
     from edge.config import LeafURL
     from edge.server import Server
+    from store.forward import Forwarder
 
 log = get_logger("edge.uplink")
 
@@ -113,6 +115,20 @@ class Uplink:
         self.msgs_out = self.msgs_in = 0
         # subject -> queue names for its LMSG, or None (the hub does not want it).
         self._routes: dict[bytes, tuple[bytes, ...] | None] = {}
+        # One entry per PING in flight, oldest first: -1 for a keep-alive, else
+        # the last stored message sent before it (its PONG confirms them).
+        self._ping_marks: deque[int] = deque()
+        self._up_event = trio.Event()
+        self._drained = trio.Event()
+        # The store's messages go up the first link only.
+        self.forwarder: Forwarder | None = None
+        self._inbox = b""
+        if server.store is not None and index == 0:
+            from store.forward import Forwarder
+
+            self._inbox = b"_INBOX." + nuid().encode() + b"."
+            self.local.add(self._inbox + b"*", None)
+            self.forwarder = Forwarder(server.store, self._inbox)
 
     # ---- configuration ---------------------------------------------------------
 
@@ -241,6 +257,31 @@ class Uplink:
             self._wake_pending = True
             self._wake.set()
 
+    # ---- for the store's forwarder (store.forward.LinkPort) ---------------------------
+
+    send = _send
+
+    def send_marked_ping(self, mark: int) -> None:
+        self._ping_marks.append(mark)
+        self._send(b"PING\r\n")
+
+    def route(self, subject: bytes) -> tuple[bytes, ...] | None:
+        return self.session.hub.route(subject, ())
+
+    def may_send(self, subject: bytes) -> bool:
+        return self.session.may_send(subject)
+
+    def hub_jetstream(self) -> tuple[bool, str | None]:
+        info = self.session.info
+        return info.jetstream, info.domain
+
+    async def wait_up(self) -> None:
+        await self._up_event.wait()
+
+    async def wait_drained(self) -> None:
+        if self.out:
+            await self._drained.wait()
+
     # ---- supervisor -----------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -318,11 +359,15 @@ class Uplink:
                 b"".join(self.session.opening(nonce if isinstance(nonce, str) else None))
             )
             self._pings_out = 0
+            self._ping_marks = deque([-1])  # the opening burst's PING
+            self._up_event = trio.Event()
             self._learn_urls(url)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, stream)
                     nursery.start_soon(self._pinger)
+                    if self.forwarder is not None:
+                        nursery.start_soon(self.forwarder.run, self)
                     self._wake.set()
                     await self._reader(stream, parser)
                     nursery.cancel_scope.cancel()
@@ -396,6 +441,9 @@ class Uplink:
             data = self.out
             self.out = bytearray()
             await stream.send_all(data)
+            if not self.out:
+                self._drained.set()
+                self._drained = trio.Event()
 
     async def _pinger(self) -> None:
         await trio.sleep(FIRST_PING * random.uniform(1.0, 1.2))
@@ -403,12 +451,15 @@ class Uplink:
             if self._pings_out >= self.remote.ping_max:
                 raise LeafError(LeafErrorKind.STALE, "the hub stopped answering PINGs")
             self._pings_out += 1
+            self._ping_marks.append(-1)
             self._send(b"PING\r\n")
             await trio.sleep(self.remote.ping_interval)
 
     async def _reader(self, stream: trio.abc.Stream, parser: LeafParser) -> None:
         router = self.router
         session = self.session
+        inbox = self._inbox or b"\x00"  # never a subject prefix when there is no store
+        forwarder = self.forwarder
         while True:
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
@@ -416,7 +467,9 @@ class Uplink:
             for event in parser.feed(data if type(data) is bytes else bytes(data)):
                 if type(event) is LMsg:
                     subject, reply, queues, hdr, payload = event
-                    if session.may_receive(subject):
+                    if forwarder is not None and subject.startswith(inbox):
+                        forwarder.on_reply(subject, payload[hdr:])
+                    elif session.may_receive(subject):
                         self.msgs_in += 1
                         router.deliver_from_link(self, subject, reply, hdr, payload, queues)
                 elif type(event) is LsPlus:
@@ -433,6 +486,9 @@ class Uplink:
             self._send(b"PONG\r\n")
         elif type(event) is Pong:
             self._pings_out = 0
+            mark = self._ping_marks.popleft() if self._ping_marks else -1
+            if mark >= 0 and self.forwarder is not None:
+                self.forwarder.on_pong(mark)
             if not self.up:
                 for line in self.session.announce_if_pending():
                     self._send(line)
@@ -455,6 +511,7 @@ class Uplink:
     def _link_up(self) -> None:
         self._connects += 1
         self._set_up(True)
+        self._up_event.set()
         self._last_error = None
         info = self.session.info
         log.info(

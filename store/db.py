@@ -1,0 +1,287 @@
+"""Opening the store: pragmas, migrations, the integrity check, setting a damaged
+store aside. Synchronous; the writer runs it in its thread.
+
+Crash-only: opening must cope with whatever a kill -9 or a power cut left. SQLite
+in WAL mode recovers a half-written WAL by itself (an uncommitted tail is
+ignored). A file that is not a database, or that fails ``PRAGMA quick_check``,
+is renamed ``leafgate.db.corrupt-<UTC time>`` (with its -wal and -shm), a fresh
+store is created in its place, and whatever rows can still be read from the old
+one are copied into it (best effort). The caller reports it loudly.
+
+Migrations are plain SQL keyed by ``PRAGMA user_version`` (sqlite-utils takes
+about 300 ms to import on a small device; it is used by the operator tools,
+not at start-up).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sqlite3
+import string
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.proto.ids import new_server_id
+from store.errors import StoreOpenError
+from store.paths import db_path
+
+SCHEMA_VERSION = 1
+
+# seq is the rowid: inserts append to the end of the table's b-tree and deletes
+# take ranges from its start, the cheapest pattern for SQLite (and for flash).
+# No secondary index: every query walks seq order.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+        """CREATE TABLE messages (
+            seq INTEGER PRIMARY KEY,
+            grp INTEGER NOT NULL,
+            ts INTEGER NOT NULL,
+            subject BLOB NOT NULL,
+            hdr BLOB,
+            data BLOB NOT NULL
+        )""",
+        "CREATE TABLE events (ts INTEGER NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class OpenReport:
+    path: Path
+    created: bool
+    gateway_id: str
+    next_seq: int
+    server_id: str
+    set_aside: Path | None = None  # where a damaged store was moved
+    damage: str | None = None  # what was wrong with it
+    salvaged: int = 0  # rows copied from the damaged store
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with the store's pragmas. ``check_same_thread=False``: the
+    writer uses it from worker threads, one at a time (a limiter of 1)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise sqlite3.DatabaseError(f"cannot use WAL mode (journal_mode={mode})")
+    conn.execute("PRAGMA synchronous=FULL")
+    # Keep the WAL from growing without bound after a long backlog drains.
+    conn.execute("PRAGMA journal_size_limit=67108864")
+    conn.execute("PRAGMA cache_size=-8192")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreOpenError(
+            f"the store was written by a newer leafgate (schema {version}, this one knows "
+            f"{SCHEMA_VERSION}); upgrade leafgate or move the store away"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATIONS[target]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def check(conn: sqlite3.Connection) -> str | None:
+    """None if the store is sound, else what is wrong."""
+    rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+    if rows != ["ok"]:
+        return "; ".join(str(r) for r in rows)
+    return None
+
+
+def new_gateway_id(hostname: str | None = None) -> str:
+    """``<host>-<8 random characters>``: readable, and unique even where every
+    device keeps the image's host name."""
+    host = hostname if hostname is not None else socket.gethostname()
+    allowed = set(string.ascii_letters + string.digits + "-_")
+    clean = "".join(c if c in allowed else "-" for c in host).strip("-")[:32] or "gateway"
+    suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    return f"{clean}-{suffix}"
+
+
+def open_store(
+    directory: Path, gateway_id: str | None = None, hostname: str | None = None
+) -> tuple[sqlite3.Connection, OpenReport]:
+    """Open (or create) the store in *directory*; set a damaged one aside."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StoreOpenError(f"cannot create {directory}: {exc.strerror or exc}") from None
+    path = db_path(directory)
+    created = not path.exists()
+    set_aside: Path | None = None
+    damage: str | None = None
+    try:
+        conn = connect(path)
+        damage = check(conn)
+        if damage is None:
+            migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and _is_environmental(exc):
+            raise StoreOpenError(f"cannot open {path}: {exc}") from None
+        conn = None
+        damage = str(exc)
+    if damage is not None:
+        if conn is not None:
+            conn.close()
+        set_aside = _set_aside(path)
+        conn = connect(path)
+        migrate(conn)
+    salvaged, old_meta = _salvage(set_aside, conn) if set_aside else (0, {})
+    gateway = _gateway(conn, gateway_id, old_meta.get("gateway_id"), hostname)
+    next_seq = _next_seq(conn, old_meta)
+    if set_aside is not None and next_seq == 1 and gateway_id is not None:
+        # The damaged store's sequences are lost but the configured gateway id
+        # is kept: start past anything it can have used (milliseconds since the
+        # epoch), so the hub does not take new messages for duplicates.
+        next_seq = int(time.time() * 1000)
+    if set_aside is not None:
+        _record_event(
+            conn, "set_aside", f"{damage}; moved to {set_aside.name}; salvaged {salvaged}"
+        )
+    server_id = _meta_value(conn, "server_id", old_meta.get("server_id") or new_server_id())
+    report = OpenReport(path, created, gateway, next_seq, server_id, set_aside, damage, salvaged)
+    return conn, report
+
+
+def _is_environmental(exc: sqlite3.OperationalError) -> bool:
+    """Errors about the surroundings (permissions, space, locks), not the file's
+    content: setting the store aside would not help."""
+    text = str(exc).lower()
+    return any(
+        word in text
+        for word in (
+            "unable to open",
+            "readonly",
+            "read-only",
+            "locked",
+            "disk is full",
+            "disk i/o",
+        )
+    )
+
+
+def _set_aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(str(path) + suffix)
+        if part.exists():
+            os.replace(part, Path(str(target) + suffix))
+    return target
+
+
+def _salvage(old: Path, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
+    """Copy what can be read from a damaged store; stop at the first unreadable page."""
+    meta: dict[str, str] = {}
+    copied = 0
+    try:
+        src = sqlite3.connect(f"file:{old}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return 0, meta
+    try:
+        try:
+            meta = {str(k): str(v) for k, v in src.execute("SELECT key, value FROM meta")}
+        except sqlite3.Error:
+            meta = {}
+        try:
+            names = dict(src.execute("SELECT id, name FROM groups").fetchall())
+        except sqlite3.Error:
+            names = {}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = src.execute("SELECT seq, grp, ts, subject, hdr, data FROM messages ORDER BY seq")
+            for seq, grp, ts, subject, hdr, data in rows:
+                gid = group_id(conn, str(names.get(grp, f"salvaged-{grp}")))
+                conn.execute(
+                    "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, gid, ts, subject, hdr, data),
+                )
+                copied += 1
+        except sqlite3.Error:
+            pass  # the rest is unreadable; keep what was copied
+        for key in ("gateway_id", "last_seq", "server_id"):
+            if key in meta:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, meta[key]))
+        conn.execute("COMMIT")
+    finally:
+        src.close()
+    return copied, meta
+
+
+def group_id(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT id FROM groups WHERE name = ?", (name,)).fetchone()
+    if row is not None:
+        return int(row[0])
+    cursor = conn.execute("INSERT INTO groups (name) VALUES (?)", (name,))
+    return int(cursor.lastrowid or 0)
+
+
+def _gateway(
+    conn: sqlite3.Connection, configured: str | None, previous: str | None, hostname: str | None
+) -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'gateway_id'").fetchone()
+    stored = str(row[0]) if row else previous
+    gateway = configured or stored or new_gateway_id(hostname)
+    if gateway != (str(row[0]) if row else None):
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('gateway_id', ?)", (gateway,))
+    return gateway
+
+
+def _meta_value(conn: sqlite3.Connection, key: str, default: str) -> str:
+    """The stored value of *key*; *default* is stored first if there is none."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    if row is not None:
+        return str(row[0])
+    conn.execute("INSERT INTO meta VALUES (?, ?)", (key, default))
+    return default
+
+
+def _next_seq(conn: sqlite3.Connection, old_meta: dict[str, str]) -> int:
+    """One past the highest sequence ever used: the largest stored, or the one
+    recorded when the store was last emptied (so a drained store never reuses a
+    sequence the hub's duplicate window or ledger has seen)."""
+    top = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+    recorded = int(row[0]) if row and str(row[0]).isdigit() else 0
+    previous = old_meta.get("last_seq", "0")
+    old = int(previous) if previous.isdigit() else 0
+    return max(int(top), recorded, old) + 1
+
+
+def _record_event(conn: sqlite3.Connection, kind: str, detail: str) -> None:
+    conn.execute("INSERT INTO events VALUES (?, ?, ?)", (int(time.time() * 1000), kind, detail))
+
+
+def group_ids(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
+    """Ids of the configured groups (created as needed), and of every group
+    that still has stored messages."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ids = {name: group_id(conn, name) for name in names}
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    for gid, name in conn.execute("SELECT id, name FROM groups"):
+        ids.setdefault(str(name), int(gid))
+    return ids

@@ -1,0 +1,262 @@
+"""The forwarder: sends the store's messages up one hub link and collects the
+hub's confirmations. A Trio task inside the uplink's link nursery (one per
+link session); the bookkeeping is ``store.window``'s.
+
+Per link session:
+
+1. Wait until the link is up (the hub answered our first PING, so our ack
+   subscription ``_INBOX.<id>.*`` is in place before anything needs it).
+2. Decide per group how the hub confirms: for ``confirm = "auto"``, ask the
+   hub's JetStream API which streams hold the group's subjects; no JetStream,
+   or no stream, means PING/PONG confirmation.
+3. Send: first what the store holds (oldest first, read back in pages), then
+   live records from the store's feed, in sequence order, each as an HMSG with
+   ``Nats-Msg-Id: <gateway>:<seq>`` and the reply ``_INBOX.<id>.<seq>``; after
+   each burst that holds PING-confirmed records, a PING marked with the last
+   sequence. The window bounds what is in flight; the uplink's output buffer
+   is kept short so live traffic is interleaved, never starved.
+4. On an overdue window, send it all again (go back N). When the link ends,
+   hand whatever is unconfirmed back to the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from edge.log import RateLimitedWarning, get_logger
+from edge.proto.leafproto import encode_lmsg
+from store.window import Confirm, InFlight, Record, ack_seq, pub_ack_ok, with_msg_id
+
+if TYPE_CHECKING:
+    from store.writer import Store
+
+log = get_logger("store.forward")
+
+PAGE = 1000  # records read back from the database at a time
+OUT_HIGH = 512 * 1024  # keep the link's output buffer below this
+WINDOW_BYTES = 16 * 1024 * 1024
+LOOKUP_TIMEOUT = 3.0
+TICK = 0.25
+WARN_PERIOD = 30.0
+
+
+class LinkPort:
+    """What the forwarder needs from the uplink (see ``edge.uplink.Uplink``)."""
+
+    out: bytearray
+    up: bool
+
+    def send(self, data: bytes) -> None: ...
+    def send_marked_ping(self, mark: int) -> None: ...
+    def route(self, subject: bytes) -> tuple[bytes, ...] | None: ...
+    def may_send(self, subject: bytes) -> bool: ...
+    def hub_jetstream(self) -> tuple[bool, str | None]: ...
+    async def wait_up(self) -> None: ...
+    async def wait_drained(self) -> None: ...
+
+
+class Forwarder:
+    def __init__(self, store: Store, inbox: bytes) -> None:
+        self.store = store
+        self.inbox = inbox  # b"_INBOX.<id>." : acks arrive on <inbox><seq>
+        self.window = InFlight(store.config.max_inflight, WINDOW_BYTES)
+        self.resend: deque[Record] = deque()
+        self.cursor = 0
+        self.modes: dict[int, Confirm] = {}
+        self._lookups: dict[bytes, trio.MemorySendChannel[bytes]] = {}
+        self._wake = trio.Event()
+        self._warn = RateLimitedWarning(WARN_PERIOD)
+        self.sent = 0
+        self.resent = 0
+        self.acked = 0
+        self.nacked = 0
+
+    # ---- called by the uplink's reader, synchronously ---------------------------
+
+    def on_reply(self, subject: bytes, payload: bytes) -> None:
+        """A message on our inbox: a PubAck for a stored message, or a lookup reply."""
+        seq = ack_seq(subject, self.inbox)
+        if seq is None:
+            channel = self._lookups.get(subject)
+            if channel is not None:
+                # A second answer to one lookup is ignored.
+                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                    channel.send_nowait(payload)
+            return
+        ok, error = pub_ack_ok(payload)
+        if not ok:
+            self.nacked += 1
+            self._warn_once("hub_refused_message", seq=seq, error=error)
+            return  # stays in flight: resent after the ack timeout
+        record = self.window.ack(seq)
+        if record is not None:
+            self.acked += 1
+            self.store.confirmed([record])
+            self._wake.set()
+
+    def on_pong(self, mark: int) -> None:
+        done = self.window.confirm_through(mark)
+        if done:
+            self.acked += len(done)
+            self.store.confirmed(done)
+            self._wake.set()
+
+    # ---- one link session ----------------------------------------------------------
+
+    async def run(self, link: LinkPort) -> None:
+        """Forward until cancelled (the link ended). Never returns on its own."""
+        try:
+            await link.wait_up()
+            await self._decide_modes(link)
+            self.cursor = 0
+            self.store.link_changed(True, [])
+            log.info(
+                "forward_started",
+                backlog=sum(s.count for s in self.store.groups.states),
+                modes={
+                    self.store.groups.states[i].spec.name: m.value for i, m in self.modes.items()
+                },
+            )
+            while True:
+                await self._step(link)
+        finally:
+            unconfirmed = self.window.take_all() + list(self.resend)
+            self.resend.clear()
+            self.store.link_changed(False, unconfirmed)
+
+    async def _step(self, link: LinkPort) -> None:
+        now = trio.current_time()
+        if self.window.overdue(now, self.store.config.ack_timeout):
+            again = self.window.take_all()
+            self.resent += len(again)
+            self._warn_once("hub_ack_timeout", resending=len(again), first=again[0].seq)
+            self.resend.extendleft(reversed(again))
+        records = await self._next_records()
+        if records:
+            self._send(link, records, now)
+            if len(link.out) > OUT_HIGH:
+                await link.wait_drained()
+            else:
+                await trio.sleep(0)  # let the reader and live traffic run
+            return
+        # Nothing to send now: wait for new data, an ack (room), or the timer.
+        with trio.move_on_after(TICK):
+            if self.window.has_room():
+                await _either(self.store.data_ready, self._wake)
+            else:
+                await self._wake.wait()
+        self._wake = trio.Event()
+
+    async def _next_records(self) -> list[Record]:
+        room = self.window.max_msgs - len(self.window)
+        if room <= 0 or self.window.bytes >= self.window.max_bytes:
+            return []
+        limit = min(room, PAGE)
+        if self.resend:
+            out = []
+            while self.resend and len(out) < limit:
+                out.append(self.resend.popleft())
+            return out
+        store = self.store
+        if store.behind:
+            return await store.read_after(self.cursor, limit)
+        return store.take_feed(self.cursor, limit)
+
+    def _send(self, link: LinkPort, records: list[Record], now: float) -> None:
+        gateway = self.store.gateway_id.encode()
+        inbox = self.inbox
+        out = bytearray()
+        mark = -1
+        for rec in records:
+            if rec.seq > self.cursor:
+                self.cursor = rec.seq
+            if not link.may_send(rec.subject):
+                self._warn_once("forward_denied", subject=rec.subject.decode(errors="replace"))
+                continue
+            seq = b"%d" % rec.seq
+            hdr = with_msg_id(rec.hdr, gateway + b":" + seq)
+            route = link.route(rec.subject) or ()
+            out += encode_lmsg(rec.subject, inbox + seq, route, len(hdr), hdr + rec.data)
+            how = self.modes.get(rec.group, Confirm.JETSTREAM)
+            self.window.add(rec, how, now)
+            if how is Confirm.LINK:
+                mark = rec.seq
+        self.sent += len(records)
+        link.send(bytes(out))
+        if mark >= 0:
+            link.send_marked_ping(mark)
+
+    # ---- how the hub confirms ---------------------------------------------------------
+
+    async def _decide_modes(self, link: LinkPort) -> None:
+        jetstream, domain = link.hub_jetstream()
+        for state in self.store.groups.states:
+            wanted = state.spec.confirm
+            if wanted == "jetstream":
+                mode = Confirm.JETSTREAM
+            elif wanted == "link" or not jetstream:
+                mode = Confirm.LINK
+            else:
+                streams = await self._lookup_streams(link, state.spec.subjects, domain)
+                mode = Confirm.JETSTREAM if streams else Confirm.LINK
+                if not streams:
+                    log.warning(
+                        "forward_no_hub_stream",
+                        group=state.spec.name,
+                        subjects=list(state.spec.subjects),
+                        detail="no JetStream stream at the hub holds these subjects; messages "
+                        "are confirmed once the hub has processed them (PING/PONG)",
+                    )
+            self.modes[state.index] = mode
+
+    async def _lookup_streams(
+        self, link: LinkPort, subjects: tuple[str, ...], domain: str | None
+    ) -> list[str]:
+        api = f"$JS.{domain}.API" if domain else "$JS.API"
+        if self.store.config.jetstream_domain:
+            api = f"$JS.{self.store.config.jetstream_domain}.API"
+        found: list[str] = []
+        for i, subject in enumerate(subjects):
+            reply = self.inbox + b"lookup%d" % i
+            send, receive = trio.open_memory_channel[bytes](1)
+            self._lookups[reply] = send
+            body = json.dumps({"subject": subject}).encode()
+            link.send(encode_lmsg(f"{api}.STREAM.NAMES".encode(), reply, (), 0, body))
+            try:
+                with trio.move_on_after(LOOKUP_TIMEOUT):
+                    answer = await receive.receive()
+                    found.extend(_stream_names(answer))
+            finally:
+                del self._lookups[reply]
+        return found
+
+    def _warn_once(self, event: str, **fields: object) -> None:
+        decision = self._warn.check(event, trio.current_time())
+        if decision.log:
+            log.warning(event, suppressed=decision.suppressed, **fields)
+
+
+def _stream_names(answer: bytes) -> list[str]:
+    try:
+        body = json.loads(answer)
+    except ValueError:
+        return []
+    streams = body.get("streams") if isinstance(body, dict) else None
+    return [s for s in streams if isinstance(s, str)] if isinstance(streams, list) else []
+
+
+async def _either(first: trio.Event, second: trio.Event) -> None:
+    """Return when either event is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, first)
+        nursery.start_soon(wait, second)

@@ -1,0 +1,643 @@
+"""The store's Trio shell: the one writer, the feed the uplink reads, the limits.
+
+Task tree (owned by the server's nursery, started before the uplinks)::
+
+    Store.run              opens the store in its thread, then the commit loop
+      housekeeping         max_age sweeps and the free-disk check, once a second
+
+Theory of operation
+-------------------
+``accept`` is called by the router, synchronously, for every local message on
+a store-and-forward subject. It checks the group's limits (exact in-memory
+counters), gives the message the next sequence and appends it to ``pending``.
+Nothing waits there for long: the commit loop takes everything pending as one
+batch and commits it in one transaction in the worker thread (group commit: a
+batch is whatever arrived while the previous commit ran). ``pending`` is
+bounded: past ``PENDING_HOLD`` bytes the connections hold their publishers
+back (``congested``), past ``PENDING_MAX`` new messages are refused by policy.
+
+After a commit, the batch is *committed*: the publishers' PubAcks go out and
+the records join ``feed``, from which the uplink's forwarder sends them
+without reading them back. When the feed is not complete (``behind``: the
+link is down, or the forwarder fell more than ``FEED_MAX`` bytes behind) the
+writer stops feeding and the forwarder reads from the database until it has
+caught up. Memory-mode records reach the disk only then: while behind, they
+are inserted like the others ("spilled"), and those the feed or the window
+held are spilled when the link goes down.
+
+The forwarder reports what the hub confirmed (``confirmed``); the writer
+deletes those rows in its next transaction.
+
+Every drop is counted per group and reason and logged at most once per period
+per group and reason, with the number suppressed.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from edge.config import StoreConfig
+from edge.log import RateLimitedWarning, get_logger
+from store import buffer, db
+from store.buffer import Trim
+from store.groups import (
+    REASON_DISK_FLOOR,
+    REASON_DISK_FULL,
+    REASON_MAX_AGE,
+    REASON_STORE_ERROR,
+    GroupState,
+    GroupTable,
+    Verdict,
+)
+from store.paths import db_path, store_dir
+from store.window import Record
+
+log = get_logger("store")
+
+PENDING_HOLD = 4 * 1024 * 1024  # publishers are held back past this much pending
+PENDING_MAX = 32 * 1024 * 1024  # and refused by policy past this
+FEED_MAX = 32 * 1024 * 1024  # committed records kept in memory for the uplink
+HOLD_MAX = 1.0  # longest a publisher is held per read
+HOUSEKEEPING = 1.0
+DROP_LOG_PERIOD = 10.0
+# Sequences reserved ahead for memory-mode records (their rows may never be
+# written): a crash then skips to past the reservation instead of reusing a
+# sequence the hub has already seen.
+MEMORY_RESERVE = 100_000
+REPLY_LIMIT_ERROR = 10077  # JetStream's err_code for a store that refuses a message
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    name: str
+    subjects: tuple[str, ...]
+    durability: str
+    policy: str
+    messages: int
+    bytes: int
+    oldest_ts: int | None  # ms since the epoch, of the oldest message held
+    accepted: int
+    confirmed: int
+    rejected: int
+    dropped: dict[str, int]
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    path: str
+    gateway_id: str
+    next_seq: int
+    groups: tuple[GroupStats, ...]
+    commits: int
+    commit_seconds: float  # total time spent committing
+    bytes_committed: int  # payload bytes inserted
+    behind: bool
+    low_disk: bool
+    last_error: str | None
+
+
+ReplySender = Callable[[bytes, bytes], None]
+ErrorSender = Callable[[object, bytes], None]
+
+
+class Store:
+    def __init__(self, config: StoreConfig, *, hostname: str | None = None) -> None:
+        self.config = config
+        self.directory = store_dir(config)
+        self.groups = GroupTable(config.groups)
+        self.hostname = hostname
+        self.gateway_id = config.gateway_id or ""
+        self.server_id = ""
+        self.next_seq = 1
+        self.conn: sqlite3.Connection | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._gids: list[int] = []  # group index -> id in the store
+        self._index_of: dict[int, int] = {}  # id in the store -> group index
+        self.pending: list[Record] = []
+        self.pending_bytes = 0
+        self.congested = False
+        self.feed: deque[Record] = deque()
+        self.feed_bytes = 0
+        self.behind = True
+        self.link_up = False
+        self.committed_seq = 0
+        self._spill: list[Record] = []
+        self._deletes: list[int] = []
+        # Bytes to free per group (policy drop_oldest) because the disk is low
+        # or full rather than because a group limit was reached.
+        self._free_bytes: dict[int, int] = {}
+        self._full_retry = False
+        self._recorded_seq = 0
+        self._memory_seq = 0  # highest sequence given to a memory-mode record
+        self._work = trio.Event()
+        self._room = trio.Event()
+        self._committed = trio.Event()  # set after each commit round
+        self.data_ready = trio.Event()  # set when the feed grows or the store gets rows
+        self.low_disk = False
+        self.last_error: str | None = None
+        self.commits = 0
+        self.commit_seconds = 0.0
+        self.bytes_committed = 0
+        self._drop_log = RateLimitedWarning(DROP_LOG_PERIOD)
+        # How the server answers a publisher: a message to a reply subject, an
+        # error to a connection. Set by the server.
+        self.send_reply: ReplySender = lambda _reply, _data: None
+        self.send_error: ErrorSender = lambda _origin, _err: None
+
+    # ---- called by the router, synchronously -------------------------------------
+
+    def classify(self, subject: bytes) -> int:
+        return self.groups.classify(subject)
+
+    def accept(
+        self, origin: object, group: int, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None:
+        """Take one local message for the hub (or refuse it by its group's policy)."""
+        state = self.groups.states[group]
+        header = data[:hdr] if hdr else None
+        payload = data[hdr:] if hdr else data
+        size = len(subject) + len(data)
+        verdict, reason = state.verdict(size, self.low_disk)
+        if verdict is Verdict.ACCEPT and self.pending_bytes > PENDING_MAX:
+            verdict, reason = _overflow(state), "writer_behind"
+        if verdict is Verdict.DROP_NEWEST or verdict is Verdict.REJECT:
+            self._refuse(state, verdict, reason or "", origin, subject, reply)
+            return
+        if verdict is Verdict.DROP_OLDEST and reason == REASON_DISK_FLOOR:
+            self._free_bytes[group] = self._free_bytes.get(group, 0) + size
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        memory = state.spec.durability == "memory"
+        if memory:
+            self._memory_seq = seq
+        record = Record(seq, group, _now_ms(), subject, header, payload, not memory, reply)
+        state.add(record.size)
+        self.pending.append(record)
+        self.pending_bytes += record.size
+        if self.pending_bytes > PENDING_HOLD:
+            self.congested = True
+        self._work.set()
+
+    def _refuse(
+        self,
+        state: GroupState,
+        verdict: Verdict,
+        reason: str,
+        origin: object,
+        subject: bytes,
+        reply: bytes,
+    ) -> None:
+        if verdict is Verdict.REJECT:
+            state.rejected += 1
+            text = f"store-and-forward limit reached ({reason})"
+            if reply:
+                self.send_reply(reply, _error_reply(text))
+            else:
+                # The only -ERR the NATS clients treat as non-fatal is a
+                # permissions violation: the publisher learns, and stays connected.
+                shown = subject.decode(errors="replace")
+                err = f"-ERR 'Permissions Violation for Publish to \"{shown}\" ({text})'\r\n"
+                self.send_error(origin, err.encode())
+        else:
+            state.note_drop(reason)
+            if reply:
+                self.send_reply(reply, _error_reply(f"message dropped ({reason})"))
+        self._log_drop(state, reason, "rejected" if verdict is Verdict.REJECT else "dropped")
+
+    def _log_drop(self, state: GroupState, reason: str, what: str, n: int = 1) -> None:
+        decision = self._drop_log.check((state.spec.name, reason, what), trio.current_time())
+        if decision.log:
+            log.warning(
+                f"store_{what}",
+                group=state.spec.name,
+                reason=reason,
+                messages=n,
+                suppressed=decision.suppressed,
+                held=state.count,
+                held_bytes=state.bytes,
+            )
+
+    async def wait_room(self) -> None:
+        """Hold a publisher (bounded) while the writer catches up."""
+        with trio.move_on_after(HOLD_MAX):
+            while self.congested:
+                await self._room.wait()
+
+    # ---- called by the forwarder -------------------------------------------------
+
+    def confirmed(self, records: list[Record]) -> None:
+        """The hub confirmed these: forget them (their rows go in the next commit)."""
+        for rec in records:
+            state = self.groups.states[rec.group]
+            state.confirmed += 1
+            if rec.on_disk:
+                self._deletes.append(rec.seq)
+            else:
+                state.remove(rec.size)
+        if self._deletes:
+            self._work.set()
+
+    def take_feed(self, after: int, limit: int) -> list[Record]:
+        """Up to *limit* committed records after sequence *after*, from memory."""
+        out: list[Record] = []
+        feed = self.feed
+        while feed and len(out) < limit:
+            rec = feed.popleft()
+            self.feed_bytes -= rec.size
+            if rec.seq > after:
+                out.append(rec)
+        return out
+
+    async def read_after(self, after: int, limit: int) -> list[Record]:
+        """Up to *limit* stored records after *after*, read back from the
+        database once everything accepted so far is committed. Clears ``behind``
+        when the reader has caught up with the writer."""
+        await self.barrier()
+        rows = await self._in_thread(buffer.read_after, after, limit)
+        records = [
+            Record(seq, self._index_of.get(gid, 0), ts, subject, hdr, data)
+            for seq, gid, ts, subject, hdr, data in rows
+        ]
+        last = records[-1].seq if records else after
+        if len(records) < limit and last >= self.committed_seq and self.link_up:
+            self.behind = False
+        return records
+
+    def link_changed(self, up: bool, unconfirmed: list[Record]) -> None:
+        """The link came up or went down; *unconfirmed* is what the forwarder
+        held (window and resend queue) when it went down."""
+        self.link_up = up
+        if up:
+            return
+        self.behind = True
+        self._spill.extend(r for r in unconfirmed if not r.on_disk)
+        self._drop_feed()
+
+    def _drop_feed(self) -> None:
+        self._spill.extend(r for r in self.feed if not r.on_disk)
+        self.feed.clear()
+        self.feed_bytes = 0
+        if self._spill:
+            self._work.set()
+
+    async def barrier(self) -> None:
+        """Return once everything accepted before the call is committed."""
+        target = self.next_seq - 1
+        while self.committed_seq < target or self._spill:
+            self._work.set()
+            await self._committed.wait()
+
+    # ---- running -----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._open()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._housekeeping)
+                task_status.started(self)
+                await self._commit_loop()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close()
+
+    async def _open(self) -> None:
+        conn, report = await trio.to_thread.run_sync(
+            db.open_store, self.directory, self.config.gateway_id, self.hostname
+        )
+        self.conn = conn
+        if self.config.max_file_size:
+            pages = max(16, self.config.max_file_size // 4096)
+            conn.execute(f"PRAGMA max_page_count={pages}")
+        self.gateway_id = report.gateway_id
+        self.server_id = report.server_id
+        self.next_seq = report.next_seq
+        self.committed_seq = report.next_seq - 1
+        self._recorded_seq = report.next_seq - 1
+        names = [s.spec.name for s in self.groups.states]
+        ids = await self._in_thread(db.group_ids, names)
+        for name, gid in ids.items():
+            state = self.groups.by_name(name) or self.groups.add_orphan(name)
+            self._index_of[gid] = state.index
+        self._gids = [ids[s.spec.name] for s in self.groups.states]
+        totals = await self._in_thread(buffer.totals)
+        for gid, (count, size) in totals.items():
+            state = self.groups.states[self._index_of[gid]]
+            state.count, state.bytes = count, size
+        if report.set_aside is not None:
+            log.error(
+                "store_set_aside",
+                path=str(report.path),
+                moved_to=str(report.set_aside),
+                damage=report.damage,
+                salvaged=report.salvaged,
+                detail="the store failed its integrity check; a fresh one was created",
+            )
+        log.info(
+            "store_opened",
+            path=str(report.path),
+            created=report.created,
+            gateway_id=self.gateway_id,
+            next_seq=self.next_seq,
+            backlog=sum(s.count for s in self.groups.states),
+        )
+        self._check_disk()
+
+    async def _close(self) -> None:
+        """Commit what is left (memory-mode records included), checkpoint, close."""
+        if self.conn is None:
+            return
+        self.link_up = False
+        self.behind = True
+        self._drop_feed()
+        with trio.move_on_after(5):
+            if self.pending or self._spill or self._deletes:
+                await self._commit_round()
+            await self._in_thread(buffer.checkpoint)
+        conn, self.conn = self.conn, None
+        conn.close()
+        log.info("store_closed", next_seq=self.next_seq)
+
+    async def _in_thread(self, fn: Callable[..., object], *args: object) -> object:
+        assert self.conn is not None
+        return await trio.to_thread.run_sync(fn, self.conn, *args, limiter=self._limiter)
+
+    async def _commit_loop(self) -> None:
+        failures = 0
+        while True:
+            if not (self.pending or self._spill or self._deletes):
+                self._committed.set()
+                self._committed = trio.Event()
+                await self._work.wait()
+                self._work = trio.Event()
+                continue
+            ok = await self._commit_round()
+            failures = 0 if ok else failures + 1
+            if failures:
+                await trio.sleep(min(2.0, 0.05 * 2**failures))
+
+    async def _commit_round(self) -> bool:
+        """Commit one batch. False if the store failed (the batch is kept)."""
+        batch, self.pending = self.pending, []
+        self.pending_bytes = 0
+        spilling = self.behind
+        for rec in batch:
+            if spilling and not rec.on_disk:
+                rec.on_disk = True
+        spill, self._spill = self._spill, []
+        for rec in spill:
+            rec.on_disk = True
+        inserts = [r for r in batch if r.on_disk] + spill
+        deletes, self._deletes = self._deletes, []
+        last_seq = self.next_seq - 1
+        if self._memory_seq > self._recorded_seq:
+            last_seq = max(last_seq, self._memory_seq + MEMORY_RESERVE)
+        sync = any(self.groups.states[r.group].spec.durability == "fsync" for r in inserts)
+        started = time.perf_counter()
+        try:
+            result = await trio.to_thread.run_sync(
+                _commit_call,
+                self.conn,
+                inserts,
+                self._gids,
+                deletes,
+                self._trims(),
+                sync,
+                last_seq,
+                self._recorded_seq,
+                limiter=self._limiter,
+            )
+        except sqlite3.Error as exc:
+            return self._commit_failed(exc, batch, spill, deletes)
+        self.commits += 1
+        self.commit_seconds += time.perf_counter() - started
+        self.bytes_committed += sum(r.size for r in inserts)
+        assert isinstance(result, buffer.CommitResult)
+        self._after_commit(batch, result, last_seq)
+        return True
+
+    def _trims(self) -> list[Trim]:
+        trims = []
+        free, self._free_bytes = self._free_bytes, {}
+        for state in self.groups.states:
+            spec = state.spec
+            if spec.policy != "drop_oldest":
+                continue
+            msgs = state.count - spec.max_msgs if spec.max_msgs else 0
+            size = state.bytes - spec.max_bytes if spec.max_bytes else 0
+            extra = free.get(state.index, 0)
+            if msgs > 0:
+                self._trim_reason[state.index] = "max_msgs"
+            elif size > 0:
+                self._trim_reason[state.index] = "max_bytes"
+            elif extra:
+                self._trim_reason[state.index] = (
+                    REASON_DISK_FULL if self._full_retry else REASON_DISK_FLOOR
+                )
+            size = max(size, 0) + extra
+            if msgs > 0 or size > 0:
+                trims.append(Trim(self._gids[state.index], max(msgs, 0), max(size, 0)))
+        return trims
+
+    def _after_commit(
+        self, batch: list[Record], result: buffer.CommitResult, last_seq: int
+    ) -> None:
+        if result.wrote_last_seq:
+            self._recorded_seq = last_seq
+        for gid, size in result.deleted:
+            self.groups.states[self._index_of[gid]].remove(size)
+        trimmed: dict[int, int] = {}
+        for gid, size in result.trimmed:
+            index = self._index_of[gid]
+            self.groups.states[index].remove(size)
+            trimmed[index] = trimmed.get(index, 0) + 1
+        for index, n in trimmed.items():
+            state = self.groups.states[index]
+            reason = self._trim_reason.get(index, "max_bytes")
+            state.note_drop(reason, n)
+            self._log_drop(state, reason, "dropped", n)
+        if batch:
+            self.committed_seq = max(self.committed_seq, batch[-1].seq)
+            self._publish_acks(batch)
+            if self.behind:
+                self._spill.extend(r for r in batch if not r.on_disk)
+            else:
+                self.feed.extend(batch)
+                self.feed_bytes += sum(r.size for r in batch)
+                if self.feed_bytes > FEED_MAX:
+                    self.behind = True
+                    self._drop_feed()
+        if batch or result.deleted:
+            self.data_ready.set()
+            self.data_ready = trio.Event()
+        self.last_error = None
+        self._full_retry = False
+        self._release()
+
+    def _publish_acks(self, batch: list[Record]) -> None:
+        for rec in batch:
+            if rec.reply:
+                name = self.groups.states[rec.group].spec.name
+                self.send_reply(rec.reply, b'{"stream":"%b","seq":%d}' % (name.encode(), rec.seq))
+                rec.reply = b""
+
+    def _commit_failed(
+        self, exc: sqlite3.Error, batch: list[Record], spill: list[Record], deletes: list[int]
+    ) -> bool:
+        """A full disk drops the batch by policy; any other error keeps it for a retry."""
+        text = str(exc)
+        self.last_error = text
+        self._deletes[:0] = deletes
+        full = "full" in text.lower()
+        if not full:
+            log.error("store_commit_failed", error=text, batch=len(batch))
+            self.pending[:0] = batch
+            self.pending_bytes += sum(r.size for r in batch)
+            self._spill[:0] = spill
+            return False
+        self.low_disk = True
+        log.error("store_disk_full", error=text, batch=len(batch), path=str(self.directory))
+        oldest_first = [
+            r for r in batch if self.groups.states[r.group].spec.policy == "drop_oldest"
+        ]
+        if oldest_first and not self._full_retry:
+            # Policy drop_oldest: free as much as the batch needs, then retry it once.
+            self._full_retry = True
+            for rec in oldest_first:
+                self._free_bytes[rec.group] = self._free_bytes.get(rec.group, 0) + rec.size
+            self.pending[:0] = batch
+            self.pending_bytes += sum(r.size for r in batch)
+            self._spill[:0] = spill
+            return False
+        self._full_retry = False
+        for rec in batch:
+            state = self.groups.states[rec.group]
+            state.remove(rec.size)
+            state.note_drop(REASON_DISK_FULL)
+            if rec.reply:
+                self.send_reply(rec.reply, _error_reply("store is full (disk_full)"))
+        if batch:
+            first = self.groups.states[batch[0].group]
+            self._log_drop(first, REASON_DISK_FULL, "dropped", len(batch))
+        # Spilled memory-mode records stay in memory (their publishers were told
+        # they are held) and are tried again.
+        self._spill[:0] = spill
+        self._release()
+        return False
+
+    def _release(self) -> None:
+        if self.congested and self.pending_bytes <= PENDING_HOLD:
+            self.congested = False
+            self._room.set()
+            self._room = trio.Event()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(HOUSEKEEPING)
+            self._check_disk()
+            for state in self.groups.states:
+                if state.spec.max_age and state.count:
+                    await self._expire(state)
+
+    async def _expire(self, state: GroupState) -> None:
+        cutoff = _now_ms() - int(state.spec.max_age * 1000)
+        try:
+            sizes = await self._in_thread(buffer.expire, self._gids[state.index], cutoff)
+        except sqlite3.Error as exc:
+            log.error("store_expire_failed", group=state.spec.name, error=str(exc))
+            return
+        assert isinstance(sizes, list)
+        for size in sizes:
+            state.remove(size)
+        if sizes:
+            state.note_drop(REASON_MAX_AGE, len(sizes))
+            self._log_drop(state, REASON_MAX_AGE, "dropped", len(sizes))
+
+    def _check_disk(self) -> None:
+        floor = self.config.min_free_disk
+        try:
+            st = os.statvfs(self.directory)
+        except OSError as exc:
+            self.last_error = f"statvfs: {exc}"
+            return
+        free = st.f_bavail * st.f_frsize
+        low = free < floor
+        if self.last_error and "full" in self.last_error.lower() and not low:
+            self.last_error = None
+        if low != self.low_disk:
+            self.low_disk = low
+            (log.warning if low else log.info)(
+                "store_low_disk" if low else "store_disk_ok", free=free, min_free_disk=floor
+            )
+
+    # ---- monitoring --------------------------------------------------------------
+
+    def stats(self) -> StoreStats:
+        return StoreStats(
+            path=str(db_path(self.directory)),
+            gateway_id=self.gateway_id,
+            next_seq=self.next_seq,
+            groups=tuple(
+                GroupStats(
+                    name=s.spec.name,
+                    subjects=s.spec.subjects,
+                    durability=s.spec.durability,
+                    policy=s.spec.policy,
+                    messages=s.count,
+                    bytes=s.bytes,
+                    oldest_ts=None,
+                    accepted=s.accepted,
+                    confirmed=s.confirmed,
+                    rejected=s.rejected,
+                    dropped=dict(s.dropped),
+                )
+                for s in self.groups.states
+            ),
+            commits=self.commits,
+            commit_seconds=self.commit_seconds,
+            bytes_committed=self.bytes_committed,
+            behind=self.behind,
+            low_disk=self.low_disk,
+            last_error=self.last_error,
+        )
+
+
+def _commit_call(
+    conn: sqlite3.Connection | None,
+    inserts: list[Record],
+    gids: list[int],
+    deletes: list[int],
+    trims: list[Trim],
+    sync: bool,
+    last_seq: int,
+    recorded: int,
+) -> buffer.CommitResult:
+    assert conn is not None
+    return buffer.commit(
+        conn, inserts, gids, deletes, trims, sync=sync, last_seq=last_seq, recorded=recorded
+    )
+
+
+def _overflow(state: GroupState) -> Verdict:
+    return Verdict.REJECT if state.spec.policy == "reject" else Verdict.DROP_NEWEST
+
+
+def _error_reply(text: str) -> bytes:
+    return b'{"error":{"code":503,"err_code":%d,"description":"%b"}}' % (
+        REPLY_LIMIT_ERROR,
+        text.replace('"', "'").encode(),
+    )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+__all__ = ["REASON_STORE_ERROR", "Path", "Store", "StoreStats"]
