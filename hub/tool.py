@@ -1,15 +1,20 @@
-"""``leafgate hub``: run a development hub, provision its stream, show its configs.
+"""``leafgate hub``: run a development hub, provision its stream, check it, show configs.
 
     leafgate hub start [--cluster] [--store-dir DIR] [--port N] [--leaf-port N] ...
     leafgate hub provision --server nats://host:port [--user U --password P | --creds F]
                            [--stream TELEMETRY] [--subjects 'telemetry.>']
                            [--duplicate-window 2m] [--replicas N]
+    leafgate hub ledger --server nats://host:port [--user U --password P | --creds F]
+                        [--stream TELEMETRY] [--subject FILTER] [--gateway ID]
+                        [--from-seq 1] [--allow-head-gap] [--limit 10] [--json]
     leafgate hub config [--print single|cluster-node|stream | --path NAME]
 
 ``start`` runs the installed nats-server (``NATS_SERVER_BIN`` overrides) on the shipped
 ``single.conf`` (or three nodes of ``cluster-node.conf``) in the foreground, exporting
 the config variables; it prints the ports once the servers are ready and stops them
 on Ctrl-C / SIGTERM.  A port of 0 lets the OS choose (reported in the ready line).
+``ledger`` reads the stream and reports, per gateway, the seqs missing and those
+stored twice (see :mod:`hub.ledger`); exit status 0 complete, 1 not, 2 error.
 Also runnable as ``python -m hub``.
 """
 
@@ -44,6 +49,14 @@ from hub.configs import (
     nats_server_bin,
     variables_env,
     variables_for,
+)
+from hub.ledger import (
+    MSG_ID_HEADER,
+    StreamLedger,
+    format_json,
+    format_text,
+    parse_ack_reply,
+    parse_msg_id,
 )
 
 DEFAULT_PROG = "leafgate hub"
@@ -353,6 +366,42 @@ def _split_subjects(values: Sequence[str] | None) -> list[str] | None:
     return out
 
 
+class ConnectError(RuntimeError):
+    """The hub could not be reached or refused us."""
+
+
+async def _connect(args: argparse.Namespace, name: str, errors: list[Exception]) -> Any:
+    """A nats-py connection from ``--server``, ``--user``/``--password``, ``--creds``
+    and ``--timeout``, without reconnects (a one-shot tool should fail, not wait).
+    Asynchronous errors nats-py reports later are appended to ``errors``."""
+    import nats
+    import nats.errors
+
+    async def error_cb(exc: Exception) -> None:
+        errors.append(exc)
+
+    options: dict[str, Any] = {
+        "servers": [args.server],
+        "connect_timeout": args.timeout,
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 0,
+        "error_cb": error_cb,
+        "name": name,
+    }
+    if args.user is not None:
+        options["user"] = args.user
+        options["password"] = args.password or ""
+    if args.creds:
+        options["user_credentials"] = args.creds
+    try:
+        return await asyncio.wait_for(nats.connect(**options), args.timeout + 1)
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        # nats-py reports one error per connect attempt; say each different one once.
+        said = dict.fromkeys(str(e) for e in errors)
+        detail = "; ".join(said) or str(exc) or type(exc).__name__
+        raise ConnectError(f"cannot connect to {args.server}: {detail}") from None
+
+
 async def _provision(args: argparse.Namespace) -> int:
     import nats
     import nats.errors
@@ -374,29 +423,10 @@ async def _provision(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    errors: list[Exception] = []
-
-    async def error_cb(exc: Exception) -> None:
-        errors.append(exc)
-
-    options: dict[str, Any] = {
-        "servers": [args.server],
-        "connect_timeout": args.timeout,
-        "allow_reconnect": False,
-        "max_reconnect_attempts": 0,
-        "error_cb": error_cb,
-        "name": "leafgate-hub-provision",
-    }
-    if args.user is not None:
-        options["user"] = args.user
-        options["password"] = args.password or ""
-    if args.creds:
-        options["user_credentials"] = args.creds
     try:
-        nc = await asyncio.wait_for(nats.connect(**options), args.timeout + 1)
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        detail = "; ".join(str(e) for e in errors) or str(exc) or type(exc).__name__
-        print(f"error: cannot connect to {args.server}: {detail}", file=sys.stderr)
+        nc = await _connect(args, "leafgate-hub-provision", [])
+    except ConnectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
         result = await asyncio.wait_for(
@@ -416,14 +446,163 @@ async def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_provision(args: argparse.Namespace) -> int:
+def _auth_usage_error(args: argparse.Namespace) -> str | None:
     if args.creds and args.user is not None:
-        print("error: --creds and --user are exclusive", file=sys.stderr)
-        return 2
+        return "--creds and --user are exclusive"
     if (args.password is not None) and args.user is None:
-        print("error: --password needs --user", file=sys.stderr)
+        return "--password needs --user"
+    return None
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    problem = _auth_usage_error(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     return asyncio.run(_provision(args))
+
+
+# ---------------------------------------------------------------------------
+# ledger
+# ---------------------------------------------------------------------------
+
+
+class LedgerReadError(RuntimeError):
+    """The stream could not be read to the end (exit status 2)."""
+
+
+class _StreamReader:
+    """Feeds one pass over a stream, up to the last seq it had when the pass began
+    (``snapshot``), to a :class:`StreamLedger`."""
+
+    def __init__(self, ledger: StreamLedger, snapshot: int) -> None:
+        self.ledger = ledger
+        self.snapshot = snapshot
+        self.done = asyncio.Event()
+        self.last_sseq = 0
+        self.failure: Exception | None = None
+
+    async def on_msg(self, msg: Any) -> None:
+        try:
+            self._take(msg.reply or "", msg.headers)
+        except Exception as exc:  # a bug here must surface, not look like a stall
+            self.failure = exc
+            self.done.set()
+
+    def _take(self, reply: str, headers: dict[str, str] | None) -> None:
+        meta = parse_ack_reply(reply)
+        if meta is None or self.done.is_set():
+            return
+        sseq, pending = meta
+        if sseq > self.snapshot:  # arrived after we began: not part of this ledger
+            self.done.set()
+            return
+        if sseq <= self.last_sseq:  # delivered again by a re-created consumer
+            return
+        self.last_sseq = sseq
+        self.ledger.add_msg_id(headers.get(MSG_ID_HEADER) if headers else None)
+        if pending == 0 or sseq == self.snapshot:
+            self.done.set()
+
+    async def wait(self, stall: float) -> None:
+        """Until done; LedgerReadError if ``stall`` seconds pass without a message."""
+        seen = -1
+        while not self.done.is_set():
+            if self.ledger.read == seen:
+                raise LedgerReadError(f"no message for {stall:g} s after {seen} messages")
+            seen = self.ledger.read
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), stall)
+        if self.failure is not None:
+            raise self.failure
+
+
+async def _read_stream(
+    js: Any, stream: str, subject: str, ledger: StreamLedger, stall: float
+) -> int:
+    """Feed every message of ``stream`` (matching ``subject``; "" = all) up to its
+    current last seq to ``ledger``; returns that seq.
+
+    One ordered push consumer, headers only: ephemeral and in memory on the server
+    (nothing durable left behind), payloads never sent, flow-controlled so the
+    client's queue stays bounded, and re-created by nats-py from the next stream seq
+    if a delivery is missed.
+    """
+    info = await js.stream_info(stream)
+    reader = _StreamReader(ledger, int(info.state.last_seq))
+    if not info.state.messages:
+        return reader.snapshot
+    sub = await js.subscribe(
+        subject, stream=stream, cb=reader.on_msg, ordered_consumer=True, headers_only=True
+    )
+    try:
+        consumer = await sub.consumer_info()
+        if consumer.num_pending == 0 and consumer.delivered.consumer_seq == 0:
+            return reader.snapshot  # nothing matches the filter
+        await reader.wait(stall)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return reader.snapshot
+
+
+async def _ledger(args: argparse.Namespace) -> int:
+    import nats.errors
+    from nats.js.errors import Error as JsError
+    from nats.js.errors import NotFoundError
+
+    from hub.provision import stream_template
+
+    stream = args.stream or str(stream_template()["name"])
+    errors: list[Exception] = []
+    try:
+        nc = await _connect(args, "leafgate-hub-ledger", errors)
+    except ConnectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ledger = StreamLedger(gateway=args.gateway, sample_limit=args.limit)
+    try:
+        js = nc.jetstream(domain=args.domain, timeout=args.timeout)
+        last = await _read_stream(js, stream, args.subject or "", ledger, args.timeout)
+    except NotFoundError:
+        print(f"error: stream {stream} not found", file=sys.stderr)
+        return 2
+    except (TimeoutError, LedgerReadError, JsError, nats.errors.Error) as exc:
+        said = "".join(f"; {type(e).__name__}: {e}" for e in errors[-3:])
+        print(f"error: reading stream {stream}: {type(exc).__name__}: {exc}{said}", file=sys.stderr)
+        return 2
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 5)
+    # A message nats-py dropped on the floor would look like a gap: refuse to report.
+    lost = [e for e in errors if isinstance(e, nats.errors.SlowConsumerError)]
+    if lost:
+        print(f"error: {len(lost)} messages dropped while reading; run again", file=sys.stderr)
+        return 2
+    report = ledger.report(
+        stream=stream,
+        subject=args.subject,
+        last_stream_seq=last,
+        from_seq=args.from_seq,
+        allow_head_gap=args.allow_head_gap,
+        limit=args.limit,
+    )
+    sys.stdout.write(format_json(report) if args.json else format_text(report))
+    return 0 if report.complete else 1
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    problem = _auth_usage_error(args)
+    if args.gateway is not None and parse_msg_id(f"{args.gateway}:1") is None:
+        problem = f"bad gateway id {args.gateway!r} (letters, digits, '-', '_', '.')"
+    if args.from_seq < 1:
+        problem = "--from-seq must be at least 1"
+    if args.limit < 0:
+        problem = "--limit must not be negative"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    return asyncio.run(_ledger(args))
 
 
 # ---------------------------------------------------------------------------
@@ -524,6 +703,48 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
     )
     prov.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     prov.set_defaults(func=cmd_provision)
+
+    led = sub.add_parser(
+        "ledger",
+        help="per gateway, report sequence gaps and duplicates in the stream",
+        description=(
+            "Read the stream once (ephemeral ordered consumer, headers only) and report, "
+            "per gateway (Nats-Msg-Id <gateway>:<seq>), the seqs missing and those stored "
+            "twice. Exit status: 0 every gateway complete, 1 a gap or duplicate, "
+            "2 usage or connection error."
+        ),
+    )
+    led.add_argument("--server", required=True, help="nats://host:port of a hub node")
+    led.add_argument("--user")
+    led.add_argument("--password")
+    led.add_argument("--creds", help="credentials file (JWT auth)")
+    led.add_argument("--domain", help="JetStream domain to address (when going through a leaf)")
+    led.add_argument("--stream", help="stream name (default TELEMETRY)")
+    led.add_argument("--subject", help="read only this subject filter (default: all)")
+    led.add_argument("--gateway", help="report only this gateway id")
+    led.add_argument(
+        "--from-seq",
+        type=int,
+        default=1,
+        help="the first seq every gateway must have (default 1)",
+    )
+    led.add_argument(
+        "--allow-head-gap",
+        action="store_true",
+        help="accept a gateway whose first seq is after --from-seq (old messages "
+        "discarded by the stream's limits, or a reset gateway store)",
+    )
+    led.add_argument(
+        "--limit", type=int, default=10, help="missing ranges / duplicate seqs listed (10)"
+    )
+    led.add_argument("--json", action="store_true", help="machine-readable output")
+    led.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds per request, and the longest wait for the next message",
+    )
+    led.set_defaults(func=cmd_ledger)
 
     conf = sub.add_parser("config", help="print a shipped config file")
     group = conf.add_mutually_exclusive_group()
