@@ -89,7 +89,7 @@ def commit(
                 wrote = True
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     return CommitResult(deleted, trimmed, wrote)
 
@@ -105,7 +105,7 @@ def _trim(conn: sqlite3.Connection, trim: Trim) -> list[tuple[int, int]]:
         ).fetchall()
         if not rows:
             break
-        take = []
+        take: list[int] = []
         for seq, size in rows:
             if len(dropped) + len(take) >= trim.msgs and freed >= trim.bytes:
                 break
@@ -141,7 +141,7 @@ def expire(conn: sqlite3.Connection, gid: int, before_ts: int, limit: int = 1000
             )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     return [size for _, size in old]
 
@@ -174,3 +174,10 @@ def oldest_ts(conn: sqlite3.Connection, gid: int) -> int | None:
 def checkpoint(conn: sqlite3.Connection) -> None:
     """Fold the WAL into the database and truncate it (at shutdown)."""
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open: SQLite ends some on its own
+    (a full disk), and a failing ROLLBACK must not hide the error that matters."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
+import platform
 import sqlite3
 import string
 import time
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.proto.ids import new_server_id
+from store.buffer import _rollback
 from store.errors import StoreOpenError
 from store.paths import db_path
 
@@ -92,7 +93,7 @@ def migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version={target}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
 
@@ -107,7 +108,7 @@ def check(conn: sqlite3.Connection) -> str | None:
 def new_gateway_id(hostname: str | None = None) -> str:
     """``<host>-<8 random characters>``: readable, and unique even where every
     device keeps the image's host name."""
-    host = hostname if hostname is not None else socket.gethostname()
+    host = hostname if hostname is not None else platform.node()
     allowed = set(string.ascii_letters + string.digits + "-_")
     clean = "".join(c if c in allowed else "-" for c in host).strip("-")[:32] or "gateway"
     suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
@@ -126,6 +127,7 @@ def open_store(
     created = not path.exists()
     set_aside: Path | None = None
     damage: str | None = None
+    conn: sqlite3.Connection | None = None
     try:
         conn = connect(path)
         damage = check(conn)
@@ -136,7 +138,7 @@ def open_store(
             raise StoreOpenError(f"cannot open {path}: {exc}") from None
         conn = None
         damage = str(exc)
-    if damage is not None:
+    if damage is not None or conn is None:
         if conn is not None:
             conn.close()
         set_aside = _set_aside(path)
@@ -280,7 +282,7 @@ def group_ids(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
         ids = {name: group_id(conn, name) for name in names}
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     for gid, name in conn.execute("SELECT id, name FROM groups"):
         ids.setdefault(str(name), int(gid))

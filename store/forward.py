@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -45,7 +45,7 @@ TICK = 0.25
 WARN_PERIOD = 30.0
 
 
-class LinkPort:
+class LinkPort(Protocol):
     """What the forwarder needs from the uplink (see ``edge.uplink.Uplink``)."""
 
     out: bytearray
@@ -158,7 +158,7 @@ class Forwarder:
             return []
         limit = min(room, PAGE)
         if self.resend:
-            out = []
+            out: list[Record] = []
             while self.resend and len(out) < limit:
                 out.append(self.resend.popleft())
             return out

@@ -41,6 +41,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -61,6 +62,7 @@ from store.paths import db_path, store_dir
 from store.window import Record
 
 log = get_logger("store")
+_T = TypeVar("_T")
 
 PENDING_HOLD = 4 * 1024 * 1024  # publishers are held back past this much pending
 PENDING_MAX = 32 * 1024 * 1024  # and refused by policy past this
@@ -135,13 +137,17 @@ class Store:
         # or full rather than because a group limit was reached.
         self._free_bytes: dict[int, int] = {}
         self._full_retry = False
+        self._trim_reason: dict[int, str] = {}  # group index -> why this round trims it
         self._recorded_seq = 0
         self._memory_seq = 0  # highest sequence given to a memory-mode record
         self._work = trio.Event()
         self._room = trio.Event()
         self._committed = trio.Event()  # set after each commit round
         self.data_ready = trio.Event()  # set when the feed grows or the store gets rows
-        self.low_disk = False
+        self.low_disk = False  # free space below min_free_disk
+        # The last commit failed for lack of space (a full file system, or the
+        # max_file_size cap); cleared once rows are deleted, or a second later.
+        self.disk_full = False
         self.last_error: str | None = None
         self.commits = 0
         self.commit_seconds = 0.0
@@ -165,7 +171,9 @@ class Store:
         header = data[:hdr] if hdr else None
         payload = data[hdr:] if hdr else data
         size = len(subject) + len(data)
-        verdict, reason = state.verdict(size, self.low_disk)
+        verdict, reason = state.verdict(size, self.low_disk or self.disk_full)
+        if reason == REASON_DISK_FLOOR and self.disk_full:
+            reason = REASON_DISK_FULL
         if verdict is Verdict.ACCEPT and self.pending_bytes > PENDING_MAX:
             verdict, reason = _overflow(state), "writer_behind"
         if verdict is Verdict.DROP_NEWEST or verdict is Verdict.REJECT:
@@ -365,7 +373,7 @@ class Store:
         conn.close()
         log.info("store_closed", next_seq=self.next_seq)
 
-    async def _in_thread(self, fn: Callable[..., object], *args: object) -> object:
+    async def _in_thread(self, fn: Callable[..., _T], *args: object) -> _T:
         assert self.conn is not None
         return await trio.to_thread.run_sync(fn, self.conn, *args, limiter=self._limiter)
 
@@ -474,6 +482,8 @@ class Store:
                 if self.feed_bytes > FEED_MAX:
                     self.behind = True
                     self._drop_feed()
+        if self.disk_full and (result.deleted or result.trimmed):
+            self.disk_full = False  # room again: try the next batch
         if batch or result.deleted:
             self.data_ready.set()
             self.data_ready = trio.Event()
@@ -502,7 +512,7 @@ class Store:
             self.pending_bytes += sum(r.size for r in batch)
             self._spill[:0] = spill
             return False
-        self.low_disk = True
+        self.disk_full = True
         log.error("store_disk_full", error=text, batch=len(batch), path=str(self.directory))
         oldest_first = [
             r for r in batch if self.groups.states[r.group].spec.policy == "drop_oldest"
@@ -517,19 +527,28 @@ class Store:
             self._spill[:0] = spill
             return False
         self._full_retry = False
-        for rec in batch:
+        lost = [r for r in batch if r.on_disk]
+        for rec in lost:
             state = self.groups.states[rec.group]
             state.remove(rec.size)
             state.note_drop(REASON_DISK_FULL)
             if rec.reply:
                 self.send_reply(rec.reply, _error_reply("store is full (disk_full)"))
-        if batch:
-            first = self.groups.states[batch[0].group]
-            self._log_drop(first, REASON_DISK_FULL, "dropped", len(batch))
+                rec.reply = b""
+        if lost:
+            first = self.groups.states[lost[0].group]
+            self._log_drop(first, REASON_DISK_FULL, "dropped", len(lost))
         # Spilled memory-mode records stay in memory (their publishers were told
-        # they are held) and are tried again.
+        # they are held) and are tried again; memory-mode records of the batch
+        # that were not to be written go on as if committed.
         self._spill[:0] = spill
-        self._release()
+        self._after_commit(
+            [r for r in batch if not r.on_disk], buffer.CommitResult([], [], False), 0
+        )
+        if batch:
+            self.committed_seq = max(self.committed_seq, batch[-1].seq)
+        self._committed.set()
+        self._committed = trio.Event()
         return False
 
     def _release(self) -> None:
@@ -542,6 +561,7 @@ class Store:
         while True:
             await trio.sleep(HOUSEKEEPING)
             self._check_disk()
+            self.disk_full = False  # try again: space may have been freed meanwhile
             for state in self.groups.states:
                 if state.spec.max_age and state.count:
                     await self._expire(state)
@@ -569,8 +589,6 @@ class Store:
             return
         free = st.f_bavail * st.f_frsize
         low = free < floor
-        if self.last_error and "full" in self.last_error.lower() and not low:
-            self.last_error = None
         if low != self.low_disk:
             self.low_disk = low
             (log.warning if low else log.info)(
@@ -604,7 +622,7 @@ class Store:
             commit_seconds=self.commit_seconds,
             bytes_committed=self.bytes_committed,
             behind=self.behind,
-            low_disk=self.low_disk,
+            low_disk=self.low_disk or self.disk_full,
             last_error=self.last_error,
         )
 

@@ -24,6 +24,13 @@ _CANDIDATES = [
     ROOT / "edge" / "config.py",
     ROOT / "edge" / "config_values.py",
     ROOT / "edge" / "config_load.py",
+    ROOT / "store" / "paths.py",
+    ROOT / "store" / "errors.py",
+    ROOT / "store" / "groups.py",
+    ROOT / "store" / "window.py",
+    # Synchronous SQLite, run in the writer's thread: no trio, no logging either.
+    ROOT / "store" / "buffer.py",
+    ROOT / "store" / "db.py",
     ROOT / "bridges" / "mapping.py",
     ROOT / "bridges" / "framing.py",
 ]
