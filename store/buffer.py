@@ -171,6 +171,12 @@ def oldest_ts(conn: sqlite3.Connection, gid: int) -> int | None:
     return int(row[0]) if row else None
 
 
+def record_last_seq(conn: sqlite3.Connection, seq: int) -> None:
+    """Record *seq* as the highest sequence handed out (at a clean stop: this
+    replaces a reservation made ahead for memory-mode records)."""
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(seq),))
+
+
 def checkpoint(conn: sqlite3.Connection) -> None:
     """Fold the WAL into the database and truncate it (at shutdown)."""
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

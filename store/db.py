@@ -15,9 +15,11 @@ not at start-up).
 
 from __future__ import annotations
 
+import contextlib
 import os
-import secrets
 import platform
+import secrets
+import shutil
 import sqlite3
 import string
 import time
@@ -30,6 +32,7 @@ from store.errors import StoreOpenError
 from store.paths import db_path
 
 SCHEMA_VERSION = 1
+_TOP_SEQ = "top_seq"  # salvage only: the damaged store's highest sequence (not stored)
 
 # seq is the rowid: inserts append to the end of the table's b-tree and deletes
 # take ranges from its start, the cheapest pattern for SQLite (and for flash).
@@ -132,7 +135,11 @@ def open_store(
         conn = connect(path)
         damage = check(conn)
         if damage is None:
-            migrate(conn)
+            try:
+                migrate(conn)
+            except StoreOpenError:
+                conn.close()
+                raise
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError) and _is_environmental(exc):
             raise StoreOpenError(f"cannot open {path}: {exc}") from None
@@ -147,11 +154,21 @@ def open_store(
     salvaged, old_meta = _salvage(set_aside, conn) if set_aside else (0, {})
     gateway = _gateway(conn, gateway_id, old_meta.get("gateway_id"), hostname)
     next_seq = _next_seq(conn, old_meta)
-    if set_aside is not None and next_seq == 1 and gateway_id is not None:
-        # The damaged store's sequences are lost but the configured gateway id
-        # is kept: start past anything it can have used (milliseconds since the
-        # epoch), so the hub does not take new messages for duplicates.
-        next_seq = int(time.time() * 1000)
+    if set_aside is not None and (gateway_id is not None or "gateway_id" in old_meta):
+        # The gateway id outlives the damaged store (configured, or read back
+        # from its meta) but how far its sequences went may not be readable
+        # (salvage stops at the first bad page). The hub must never take a new
+        # message for a duplicate of an old one: start past anything it can
+        # have used, and record that at once, for a restart.
+        top = old_meta.get(_TOP_SEQ, "")
+        old_top = int(top) if top.isdigit() and int(top) < 2**62 else 0
+        if old_top and "gateway_id" in old_meta:
+            # Both the highest stored sequence and the recorded last one were
+            # readable: continue right after them (no gap in the ledger).
+            next_seq = max(next_seq, old_top + 1)
+        else:
+            next_seq = max(next_seq, old_top + 1, int(time.time() * 1000))
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(next_seq - 1),))
     if set_aside is not None:
         _record_event(
             conn, "set_aside", f"{damage}; moved to {set_aside.name}; salvaged {salvaged}"
@@ -196,15 +213,30 @@ def _salvage(old: Path, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
     """Copy what can be read from a damaged store; stop at the first unreadable page."""
     meta: dict[str, str] = {}
     copied = 0
+    source, scratch = _whole_pages(old)
     try:
-        src = sqlite3.connect(f"file:{old}?mode=ro", uri=True, isolation_level=None)
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error:
+        _remove_store_files(scratch)
         return 0, meta
     try:
+        with contextlib.suppress(sqlite3.Error):
+            # A cut file (its header counts more pages than it holds) is refused
+            # as a whole unless the schema is "writable"; on this read-only
+            # connection that only lets SQLite read the pages that are there.
+            src.execute("PRAGMA writable_schema=ON")
         try:
             meta = {str(k): str(v) for k, v in src.execute("SELECT key, value FROM meta")}
         except sqlite3.Error:
             meta = {}
+        try:
+            # The right-most path of the table's b-tree: often readable when a
+            # page in the middle is not.
+            top = src.execute("SELECT max(seq) FROM messages").fetchone()[0]
+            if isinstance(top, int):
+                meta[_TOP_SEQ] = str(top)
+        except sqlite3.Error:
+            pass
         try:
             names = dict(src.execute("SELECT id, name FROM groups").fetchall())
         except sqlite3.Error:
@@ -213,12 +245,14 @@ def _salvage(old: Path, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
         try:
             rows = src.execute("SELECT seq, grp, ts, subject, hdr, data FROM messages ORDER BY seq")
             for seq, grp, ts, subject, hdr, data in rows:
+                if not _row_ok(seq, grp, ts, subject, hdr, data):
+                    break  # a damaged cell: what follows is not to be trusted either
                 gid = group_id(conn, str(names.get(grp, f"salvaged-{grp}")))
-                conn.execute(
+                cursor = conn.execute(
                     "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
                     (seq, gid, ts, subject, hdr, data),
                 )
-                copied += 1
+                copied += max(cursor.rowcount, 0)
         except sqlite3.Error:
             pass  # the rest is unreadable; keep what was copied
         for key in ("gateway_id", "last_seq", "server_id"):
@@ -227,7 +261,63 @@ def _salvage(old: Path, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
         conn.execute("COMMIT")
     finally:
         src.close()
+        _remove_store_files(scratch)
     return copied, meta
+
+
+def _row_ok(
+    seq: object, grp: object, ts: object, subject: object, hdr: object, data: object
+) -> bool:
+    return (
+        isinstance(seq, int)
+        and seq > 0
+        and isinstance(grp, int)
+        and isinstance(ts, int)
+        and isinstance(subject, bytes)
+        and bool(subject)
+        and (hdr is None or isinstance(hdr, bytes))
+        and isinstance(data, bytes)
+    )
+
+
+def _whole_pages(old: Path) -> tuple[Path, Path | None]:
+    """*old*, or (when it ends in a partial page, which SQLite would read padded
+    with zeros) a scratch copy cut to whole pages, and the scratch to remove."""
+    try:
+        with open(old, "rb") as f:
+            header = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return old, None
+    page = int.from_bytes(header[16:18], "big") if len(header) == 100 else 0
+    page = 65536 if page == 1 else page
+    if not header.startswith(b"SQLite format 3\x00") or page < 512 or size % page == 0:
+        return old, None
+    scratch = old.with_name(old.name + ".salvage")
+    try:
+        with open(old, "rb") as f, open(scratch, "wb") as out:
+            remaining = size - size % page
+            while remaining > 0:
+                chunk = f.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                out.write(chunk)
+                remaining -= len(chunk)
+        wal = Path(str(old) + "-wal")
+        if wal.exists():
+            shutil.copyfile(wal, Path(str(scratch) + "-wal"))
+    except OSError:
+        _remove_store_files(scratch)
+        return old, None
+    return scratch, scratch
+
+
+def _remove_store_files(path: Path | None) -> None:
+    if path is None:
+        return
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            os.unlink(str(path) + suffix)
 
 
 def group_id(conn: sqlite3.Connection, name: str) -> int:

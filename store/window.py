@@ -80,6 +80,9 @@ class InFlight:
         return len(self._entries) < self.max_msgs and self.bytes < self.max_bytes
 
     def add(self, record: Record, confirm: Confirm, now: float) -> None:
+        previous = self._entries.pop(record.seq, None)
+        if previous is not None:
+            self.bytes -= previous[0].size
         self._entries[record.seq] = (record, confirm, now)
         self.bytes += record.size
 
@@ -131,6 +134,8 @@ def _seq(record: Record) -> int:
 
 def ack_seq(subject: bytes, prefix: bytes) -> int | None:
     """The sequence an ack subject (``<prefix><seq>``) names, or None."""
+    if not subject.startswith(prefix):
+        return None
     tail = subject[len(prefix) :]
     if not tail.isdigit() or len(tail) > 19:
         return None
@@ -150,7 +155,13 @@ def pub_ack_ok(payload: bytes) -> tuple[bool, str | None]:
     import json
 
     try:
-        error = json.loads(payload).get("error") or {}
+        reply = json.loads(payload)
+        if isinstance(reply, dict) and reply.get("error") is None:
+            # "error" was only a name (a stream or domain called "error").
+            if "seq" in reply and "stream" in reply:
+                return True, None
+            return False, "reply is not a JetStream PubAck"
+        error = reply.get("error") or {}
         description = str(error.get("description") or error)
         return False, f"{description} (code {error.get('code')}, err_code {error.get('err_code')})"
     except (ValueError, AttributeError):

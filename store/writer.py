@@ -368,6 +368,10 @@ class Store:
         with trio.move_on_after(5):
             if self.pending or self._spill or self._deletes:
                 await self._commit_round()
+            if not self.pending and not self._spill:
+                # Everything is on disk: the exact last sequence replaces any
+                # reservation, so the next start leaves no gap.
+                await self._in_thread(buffer.record_last_seq, self.next_seq - 1)
             await self._in_thread(buffer.checkpoint)
         conn, self.conn = self.conn, None
         conn.close()

@@ -152,7 +152,9 @@ async def read_stream(hub: HubProcess, expect: int, timeout: float = 30.0) -> li
                 meta = msg.metadata
                 headers = msg.headers or {}
                 out.append(
-                    StoredMsg(meta.sequence.stream, msg.subject, msg.data, headers.get("Nats-Msg-Id"))
+                    StoredMsg(
+                        meta.sequence.stream, msg.subject, msg.data, headers.get("Nats-Msg-Id")
+                    )
                 )
             await asyncio.gather(*(m.ack() for m in batch))
         await sub.unsubscribe()
@@ -199,7 +201,9 @@ async def wait_store_empty(store_dir: Path, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def publish_many(nc: Client, n: int, start: int = 0, subjects: int = 3) -> list[tuple[str, bytes]]:
+async def publish_many(
+    nc: Client, n: int, start: int = 0, subjects: int = 3
+) -> list[tuple[str, bytes]]:
     """Publish ``n`` numbered messages over ``subjects`` subjects; returns them in order."""
     sent = []
     for i in range(start, start + n):

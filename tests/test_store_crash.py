@@ -17,12 +17,16 @@ import random
 from pathlib import Path
 
 import nats.errors
+import pytest
 
+from hub.tool import main as hub_main
 from tests.aio import connect, run
 from tests.harness import ServerProcess
+from tests.hubs import HubProcess
 from tests.storehelp import (
     ThreadedProxy,
     edge_seqs,
+    log_events,
     read_stream,
     start_edge,
     start_js_hub,
@@ -31,7 +35,9 @@ from tests.storehelp import (
 )
 
 
-async def _publish_acked(port: int, start: int, acked: dict[bytes, str], stop: asyncio.Event) -> int:
+async def _publish_acked(
+    port: int, start: int, acked: dict[bytes, str], stop: asyncio.Event
+) -> int:
     """Publish numbered requests (32 in flight) until *stop* or the server dies;
     record each acknowledged one. Returns the next number to use."""
     try:
@@ -45,7 +51,7 @@ async def _publish_acked(port: int, start: int, acked: dict[bytes, str], stop: a
         data = b"m%d" % n
         try:
             reply = await nc.request(subject, data, timeout=3)
-        except (nats.errors.Error, asyncio.TimeoutError, OSError):
+        except (TimeoutError, nats.errors.Error, OSError):
             return
         ack = json.loads(reply.data)
         assert "seq" in ack and "error" not in ack, ack
@@ -62,6 +68,14 @@ async def _publish_acked(port: int, start: int, acked: dict[bytes, str], stop: a
     return i
 
 
+def _ledger_complete(hub: HubProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    """The hub-side ledger agrees: one gateway, no gap, no duplicate."""
+    code = hub_main(["ledger", "--server", f"nats://127.0.0.1:{hub.client_port}", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    assert len(report["gateways"]) == 1, report
+
+
 def _check_hub_holds(msgs: list, acked: dict[bytes, str]) -> None:
     got = [(m.subject, m.data) for m in msgs]
     assert len(set(got)) == len(got), "a message reached the hub twice"
@@ -75,7 +89,9 @@ def _check_hub_holds(msgs: list, acked: dict[bytes, str]) -> None:
             assert acked[data] == subject
 
 
-def test_kill_9_during_publish_loses_no_acknowledged_message(tmp_path: Path) -> None:
+def test_kill_9_during_publish_loses_no_acknowledged_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     hub = start_js_hub(tmp_path)
     store = tmp_path / "store"
     rng = random.Random(9)
@@ -97,6 +113,7 @@ def test_kill_9_during_publish_loses_no_acknowledged_message(tmp_path: Path) -> 
             assert len(acked) > 500
             msgs = run(read_stream(hub, len(acked)), timeout=60)
             _check_hub_holds(msgs, acked)
+            _ledger_complete(hub, capsys)
         finally:
             edge.stop()
             hub.stop()
@@ -113,7 +130,9 @@ async def _publish_until_killed(
     return await asyncio.wait_for(task, 10)
 
 
-def test_kill_9_during_replay_delivers_everything_once(tmp_path: Path) -> None:
+def test_kill_9_during_replay_delivers_everything_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     hub = start_js_hub(tmp_path)
     store = tmp_path / "store"
     rng = random.Random(11)
@@ -145,6 +164,34 @@ def test_kill_9_during_replay_delivers_everything_once(tmp_path: Path) -> None:
             msgs = run(read_stream(hub, len(acked)), timeout=60)
             _check_hub_holds(msgs, acked)
             assert edge_seqs(msgs) == sorted(edge_seqs(msgs))  # replay kept the order
+            _ledger_complete(hub, capsys)
         finally:
             edge.stop()
             hub.stop()
+
+
+def test_a_damaged_store_is_set_aside_loudly_and_service_goes_on(tmp_path: Path) -> None:
+    hub = start_js_hub(tmp_path)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "leafgate.db").write_bytes(b"this is not a database" * 500)
+    edge = start_edge(tmp_path / "edge", hub.leaf_port, store)
+    try:
+        lines = [json.loads(line) for line in log_events(edge, "store_set_aside")]
+        assert lines and lines[0]["level"] == "error"
+        assert "not a database" in lines[0]["damage"]
+        aside = list(store.glob("leafgate.db.corrupt-*"))
+        assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+
+        async def scenario() -> None:
+            e = await connect(f"nats://127.0.0.1:{edge.port}")
+            reply = await e.request("telemetry.after", b"ok", timeout=5)
+            assert json.loads(reply.data)["seq"] == 1
+            await e.close()
+            msgs = await read_stream(hub, 1)
+            assert [m.data for m in msgs] == [b"ok"]
+
+        run(scenario())
+    finally:
+        edge.stop()
+        hub.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 from nats.aio.msg import Msg
 
 from tests.aio import connect, run, settle, wait_until
+from tests.hubs import start_hub
 from tests.storehelp import (
     ThreadedProxy,
     edge_seqs,
@@ -30,7 +31,6 @@ from tests.storehelp import (
     stream_count,
     wait_store_empty,
 )
-from tests.hubs import start_hub
 
 
 def _assert_exactly_once_in_order(msgs: list, sent: list[tuple[str, bytes]]) -> None:
@@ -300,6 +300,9 @@ def test_graceful_stop_keeps_an_unsent_backlog(tmp_path: Path) -> None:
             edge.start()
             msgs = run(read_stream(hub, 200))
             _assert_exactly_once_in_order(msgs, sent)
+            sent += run(_publish_to(edge.port, 10, start=200))
+            msgs = run(read_stream(hub, 210))
+            assert edge_seqs(msgs) == list(range(1, 211))  # no gap after a clean stop
         finally:
             edge.stop()
             hub.stop()

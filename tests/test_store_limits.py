@@ -54,8 +54,11 @@ def test_drop_oldest_keeps_the_newest(tmp_path: Path) -> None:
     async def scenario(edge: Any, store: Path, proxy: Any, hub: Any) -> None:
         e = await connect(f"nats://127.0.0.1:{edge.port}")
         sent = await publish_many(e, 150)
-        await wait_until(lambda: [r[2] for r in stored_rows(store)] == [d for _, d in sent[50:]],
-                         10, "the newest 100 kept")
+        await wait_until(
+            lambda: [r[2] for r in stored_rows(store)] == [d for _, d in sent[50:]],
+            10,
+            "the newest 100 kept",
+        )
         assert _dropped(edge, "max_msgs"), "the drop was not logged with its reason"
         proxy.restore()
         msgs = await read_stream(hub, 100)
@@ -166,6 +169,4 @@ def test_a_full_store_is_survived_and_recovered_from(tmp_path: Path) -> None:
         assert [m.data for m in msgs[-50:]] == [d for _, d in sent]
         await e.close()
 
-    _with_cut_link(
-        tmp_path, scenario, policy="drop_newest", store_extra='max_file_size = "256KB"'
-    )
+    _with_cut_link(tmp_path, scenario, policy="drop_newest", store_extra='max_file_size = "256KB"')
