@@ -601,6 +601,19 @@ class Store:
 
     # ---- monitoring --------------------------------------------------------------
 
+    async def oldest(self) -> dict[str, int | None]:
+        """Group name -> publish time (ms since the epoch) of the oldest message
+        it holds on disk, or None. Reads the store (in the writer's thread)."""
+        out: dict[str, int | None] = {}
+        for state in self.groups.states:
+            if not state.count or self.conn is None:
+                out[state.spec.name] = None
+                continue
+            out[state.spec.name] = await self._in_thread(
+                buffer.oldest_ts, self._gids[state.index]
+            )
+        return out
+
     def stats(self) -> StoreStats:
         return StoreStats(
             path=str(db_path(self.directory)),
