@@ -324,7 +324,7 @@ def _add_server_flags(parser: _Parser) -> None:
         parser.add_argument(flag, action=_Unsupported)
 
 
-_COMMANDS = "commands: run (default), check-config, bench, hub; see 'leafgate <command> -h'"
+_COMMANDS = "commands: run (default), check-config, bench, hub, store; see 'leafgate <command> -h'"
 
 
 def _run_parser() -> _Parser:
@@ -629,6 +629,12 @@ def _cmd_hub(argv: Sequence[str]) -> int:
     return int(hub_main(list(argv), prog=f"{PROG} hub"))
 
 
+def _cmd_store(argv: Sequence[str]) -> int:
+    from store.tool import main as store_main  # lazy: operator commands, not the server
+
+    return int(store_main(list(argv), prog=f"{PROG} store"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``leafgate`` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -644,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_bench(args)
         if command == "hub":
             return _cmd_hub(args)
+        if command == "store":
+            return _cmd_store(args)
         print(f"{PROG}: unknown command {command!r} ({_COMMANDS})", file=sys.stderr)
         return 2
     except UnsupportedFlagError as exc:
