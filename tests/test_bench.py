@@ -125,3 +125,38 @@ def test_bench_reports_failed_start(tmp_path: Path) -> None:
     side = json.loads(out.read_text())["cases"]["rss_idle"]["leafgate"]
     assert side["value"] is None
     assert "exited at start" in side["errors"][0]
+
+
+def test_bench_store_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A store-and-forward case with a tiny backlog: leafgate --forward --store and a
+    nats-server leaf with a JetStream stream, each draining to a restarted JetStream hub."""
+    out = tmp_path / "bench.json"
+    rc = bench.main(
+        [
+            "--cases",
+            "store_drain_1m",
+            "--store-backlog",
+            "2000",
+            "--runs",
+            "1",
+            "--nats-server",
+            NATS_SERVER,
+            "--json",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    data = json.loads(out.read_text())
+    assert data["store_backlog"] == 2000
+    case = data["cases"]["store_drain_1m"]
+    for side in ("nats", "leafgate"):
+        assert case[side]["errors"] == []
+        run = case[side]["runs"][0]
+        assert run["value"] > 0 and run["msgs"] == 2000, run
+        # (times from the hub log vs. polled readiness: a few ms of slack)
+        assert run["hub_ready_to_link_s"] > -0.1 and run["link_to_first_s"] >= 0, run
+    # leafgate deletes what the hub confirmed.
+    assert "empty_lag_s" in case["leafgate"]["runs"][0], case["leafgate"]
+    assert case["ratio"] > 0
+    assert "store_drain_1m leafgate: drain" in printed

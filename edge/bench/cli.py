@@ -32,8 +32,11 @@ from .common import (
 from .leafcases import LEAF_RUNNERS
 from .report import SideResult, report, run_summary
 from .servers import start_server, stop_server
+from .storecases import DEFAULT_BACKLOG, DEFAULT_BYTES_MSGS, NOTES, STORE_RUNNERS
+from .storecases import configure as configure_store
+from .storecases import summary as store_summary
 
-RUNNERS: dict[str, Runner] = {**CLIENT_RUNNERS, **LEAF_RUNNERS}
+RUNNERS: dict[str, Runner] = {**CLIENT_RUNNERS, **LEAF_RUNNERS, **STORE_RUNNERS}
 
 Results = dict[str, dict[str, SideResult]]
 
@@ -47,7 +50,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
         + "\n".join(f"  {c.name:<16}{c.description} [{c.unit}]" for c in CASES.values())
         + "\n\nleaf_* cases: a fresh nats-server hub per run, and as the leaf leafgate --hub\n"
         "or a nats-server with leafnodes.remotes; leaf_reconnect does "
-        f"{RECONNECT_CYCLES} hub kill + restart\ncycles per run (--duration does not apply).",
+        f"{RECONNECT_CYCLES} hub kill + restart\ncycles per run (--duration does not apply).\n"
+        "store_* cases: a hub with JetStream; as the leaf leafgate --forward --store, or a\n"
+        "nats-server leaf with a JetStream stream the hub's stream sources.",
     )
     ap.add_argument("--cases", default="all", help="comma-separated case names (default: all)")
     ap.add_argument("--duration", type=float, default=3.0, help="seconds measured per case")
@@ -64,7 +69,23 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     ap.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON")
     ap.add_argument("--only", choices=SIDES, default=None, help="run one side only")
+    ap.add_argument(
+        "--store-backlog",
+        type=int,
+        default=DEFAULT_BACKLOG,
+        metavar="N",
+        help=f"messages in the store_drain_1m backlog (default {DEFAULT_BACKLOG})",
+    )
+    ap.add_argument(
+        "--store-msgs",
+        type=int,
+        default=DEFAULT_BYTES_MSGS,
+        metavar="N",
+        help=f"messages stored by store_bytes_128 (default {DEFAULT_BYTES_MSGS})",
+    )
     args = ap.parse_args(list(argv))
+    if args.store_backlog < 1 or args.store_msgs < 1:
+        ap.error("--store-backlog and --store-msgs must be at least 1")
     if args.duration <= 0:
         ap.error("--duration must be positive")
     if args.runs < 1:
@@ -199,6 +220,10 @@ def _print_results(
     ]
     for n, s, err in failed:
         print(f"FAILED {n} on {SIDE_LABEL[s]}: {err}")
+    store_lines = store_summary(names, results)
+    if store_lines:
+        print()
+        print("\n".join(store_lines))
     if busiest > OTHER_CPU_WARN:
         print(
             f"WARNING: other processes on this machine used up to {busiest:.2f} CPU during "
@@ -211,6 +236,7 @@ def _print_results(
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     names: list[str] = args.case_names
+    configure_store(backlog=args.store_backlog, bytes_msgs=args.store_msgs)
     leaf_cases = any(CASES[n].leaf for n in names)
     try:
         cmds = _commands(args)
@@ -245,6 +271,9 @@ def main(argv: list[str]) -> int:
             "versions": versions,
             "hub_command": list(hub_cmd),
             "leaf_reconnect_delays": delays,
+            "store_backlog": args.store_backlog,
+            "store_msgs": args.store_msgs,
+            "store_notes": NOTES,
             "duration": args.duration,
             "warmup": warmup,
             "runs": args.runs,

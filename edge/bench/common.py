@@ -63,7 +63,7 @@ class Case:
     @property
     def leaf(self) -> bool:
         """The case runs a hub and a leaf (and needs nats-server for the hub)."""
-        return self.name.startswith("leaf_")
+        return self.name.startswith(("leaf_", "store_"))
 
 
 CASES: dict[str, Case] = {
@@ -103,6 +103,24 @@ CASES: dict[str, Case] = {
             "ms",
             False,
             "hub killed + restarted: its leaf port accepting -> leaf msg at the hub",
+        ),
+        Case(
+            "store_pub_128",
+            "msgs/s",
+            True,
+            "publish on a store-and-forward subject, hub link up (JetStream stream), 128 B",
+        ),
+        Case(
+            "store_drain_1m",
+            "msgs/s",
+            True,
+            "backlog stored while the hub was down, link up -> hub stream holds it all",
+        ),
+        Case(
+            "store_bytes_128",
+            "B/msg",
+            False,
+            "bytes written to disk (/proc/PID/io) per stored 128 B message, link down",
         ),
     )
 }
