@@ -28,9 +28,10 @@ class Trim:
 
 @dataclass(frozen=True)
 class CommitResult:
-    deleted: list[tuple[int, int]]  # (gid, size) of each confirmed message removed
+    deleted: int  # confirmed messages removed
     trimmed: list[tuple[int, int]]  # (gid, size) of each message dropped by a trim
     wrote_last_seq: bool
+    trimmed_seqs: tuple[int, ...] = ()  # their sequences
 
 
 def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
@@ -72,15 +73,16 @@ def commit(
                 [(r.seq, gids[r.group], r.ts, r.subject, r.hdr, r.data) for r in inserts],
             )
         trimmed: list[tuple[int, int]] = []
+        trimmed_seqs: list[int] = []
         for trim in trims:
-            trimmed.extend(_trim(conn, trim))
-        deleted: list[tuple[int, int]] = []
+            trimmed.extend(_trim(conn, trim, trimmed_seqs))
+        # Ranges, no RETURNING: the caller accounts for what it confirmed (a
+        # row per message back into Python would double the cost of a delete).
+        deleted = 0
         for low, high in ranges(deletes):
-            rows = conn.execute(
-                f"DELETE FROM messages WHERE seq BETWEEN ? AND ? RETURNING grp, {_SIZE}",
-                (low, high),
-            ).fetchall()
-            deleted.extend((int(g), int(s)) for g, s in rows)
+            deleted += conn.execute(
+                "DELETE FROM messages WHERE seq BETWEEN ? AND ?", (low, high)
+            ).rowcount
         wrote = False
         if last_seq > recorded:
             top = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
@@ -91,10 +93,10 @@ def commit(
     except BaseException:
         _rollback(conn)
         raise
-    return CommitResult(deleted, trimmed, wrote)
+    return CommitResult(deleted, trimmed, wrote, tuple(trimmed_seqs))
 
 
-def _trim(conn: sqlite3.Connection, trim: Trim) -> list[tuple[int, int]]:
+def _trim(conn: sqlite3.Connection, trim: Trim, seqs: list[int]) -> list[tuple[int, int]]:
     dropped: list[tuple[int, int]] = []
     freed = 0
     while len(dropped) < trim.msgs or freed < trim.bytes:
@@ -112,6 +114,7 @@ def _trim(conn: sqlite3.Connection, trim: Trim) -> list[tuple[int, int]]:
             take.append(int(seq))
             freed += int(size)
             dropped.append((trim.gid, int(size)))
+        seqs.extend(take)
         for low, high in ranges(take):
             conn.execute(
                 "DELETE FROM messages WHERE seq BETWEEN ? AND ? AND grp = ?", (low, high, trim.gid)
@@ -119,10 +122,17 @@ def _trim(conn: sqlite3.Connection, trim: Trim) -> list[tuple[int, int]]:
     return dropped
 
 
-def expire(conn: sqlite3.Connection, gid: int, before_ts: int, limit: int = 1000) -> list[int]:
+def expire(
+    conn: sqlite3.Connection,
+    gid: int,
+    before_ts: int,
+    limit: int = 1000,
+    seqs: list[int] | None = None,
+) -> list[int]:
     """Drop messages of group *gid* published before *before_ts* (ms), oldest
-    first, up to *limit*; returns their sizes. Walks seq order and stops at the
-    first message young enough (publish times follow sequence order)."""
+    first, up to *limit*; returns their sizes (and appends their sequences to
+    *seqs*). Walks seq order and stops at the first message young enough
+    (publish times follow sequence order)."""
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -135,6 +145,8 @@ def expire(conn: sqlite3.Connection, gid: int, before_ts: int, limit: int = 1000
             if ts >= before_ts:
                 break
             old.append((int(seq), int(size)))
+        if seqs is not None:
+            seqs.extend(seq for seq, _ in old)
         for low, high in ranges(s for s, _ in old):
             conn.execute(
                 "DELETE FROM messages WHERE seq BETWEEN ? AND ? AND grp = ?", (low, high, gid)

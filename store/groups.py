@@ -53,6 +53,11 @@ class GroupState:
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> messages
     rejected: int = 0  # refused publishes (policy "reject")
 
+    @property
+    def unlimited(self) -> bool:
+        spec = self.spec
+        return not (spec.max_msgs or spec.max_bytes)
+
     def add(self, size: int) -> None:
         self.count += 1
         self.bytes += size

@@ -115,6 +115,9 @@ class Store:
         self.config = config
         self.directory = store_dir(config)
         self.groups = GroupTable(config.groups)
+        # Per group: no count or size limit, so a message needs no verdict
+        # while the disk is fine and the writer keeps up (the common case).
+        self._unlimited = [state.unlimited for state in self.groups.states]
         self.hostname = hostname
         self.gateway_id = config.gateway_id or ""
         self.server_id = ""
@@ -136,6 +139,10 @@ class Store:
         # Bytes to free per group (policy drop_oldest) because the disk is low
         # or full rather than because a group limit was reached.
         self._free_bytes: dict[int, int] = {}
+        # Sequences dropped by a policy while the link was up (they may be in
+        # flight); emptied when the link changes (the window is emptied then).
+        self._dropped_in_flight: set[int] = set()
+        self._work_pending = False
         self._full_retry = False
         self._trim_reason: dict[int, str] = {}  # group index -> why this round trims it
         self._recorded_seq = 0
@@ -171,16 +178,13 @@ class Store:
         header = data[:hdr] if hdr else None
         payload = data[hdr:] if hdr else data
         size = len(subject) + len(data)
-        verdict, reason = state.verdict(size, self.low_disk or self.disk_full)
-        if reason == REASON_DISK_FLOOR and self.disk_full:
-            reason = REASON_DISK_FULL
-        if verdict is Verdict.ACCEPT and self.pending_bytes > PENDING_MAX:
-            verdict, reason = _overflow(state), "writer_behind"
-        if verdict is Verdict.DROP_NEWEST or verdict is Verdict.REJECT:
-            self._refuse(state, verdict, reason or "", origin, subject, reply)
+        if not (
+            self._unlimited[group]
+            and self.pending_bytes <= PENDING_MAX
+            and not self.low_disk
+            and not self.disk_full
+        ) and not self._admit(state, origin, subject, reply, size):
             return
-        if verdict is Verdict.DROP_OLDEST and reason == REASON_DISK_FLOOR:
-            self._free_bytes[group] = self._free_bytes.get(group, 0) + size
         seq = self.next_seq
         self.next_seq = seq + 1
         memory = state.spec.durability == "memory"
@@ -192,7 +196,24 @@ class Store:
         self.pending_bytes += record.size
         if self.pending_bytes > PENDING_HOLD:
             self.congested = True
-        self._work.set()
+        if not self._work_pending:
+            self._wake_writer()
+
+    def _admit(
+        self, state: GroupState, origin: object, subject: bytes, reply: bytes, size: int
+    ) -> bool:
+        """Apply the group's limits and policy to a new message: True to store it."""
+        verdict, reason = state.verdict(size, self.low_disk or self.disk_full)
+        if reason == REASON_DISK_FLOOR and self.disk_full:
+            reason = REASON_DISK_FULL
+        if verdict is Verdict.ACCEPT and self.pending_bytes > PENDING_MAX:
+            verdict, reason = _overflow(state), "writer_behind"
+        if verdict is Verdict.DROP_NEWEST or verdict is Verdict.REJECT:
+            self._refuse(state, verdict, reason or "", origin, subject, reply)
+            return False
+        if verdict is Verdict.DROP_OLDEST and reason == REASON_DISK_FLOOR:
+            self._free_bytes[state.index] = self._free_bytes.get(state.index, 0) + size
+        return True
 
     def _refuse(
         self,
@@ -242,16 +263,26 @@ class Store:
     # ---- called by the forwarder -------------------------------------------------
 
     def confirmed(self, records: list[Record]) -> None:
-        """The hub confirmed these: forget them (their rows go in the next commit)."""
+        """The hub confirmed these: forget them (their rows go in the next commit).
+
+        A record a policy dropped while it was in flight (trimmed, expired) was
+        counted out then; it is not counted out twice."""
+        dropped = self._dropped_in_flight
         for rec in records:
             state = self.groups.states[rec.group]
             state.confirmed += 1
-            if rec.on_disk:
-                self._deletes.append(rec.seq)
+            if dropped and rec.seq in dropped:
+                dropped.discard(rec.seq)
             else:
                 state.remove(rec.size)
+            if rec.on_disk:
+                self._deletes.append(rec.seq)
         if self._deletes:
-            self._work.set()
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        self._work_pending = True
+        self._work.set()
 
     def take_feed(self, after: int, limit: int) -> list[Record]:
         """Up to *limit* committed records after sequence *after*, from memory."""
@@ -283,6 +314,7 @@ class Store:
         """The link came up or went down; *unconfirmed* is what the forwarder
         held (window and resend queue) when it went down."""
         self.link_up = up
+        self._dropped_in_flight.clear()
         if up:
             return
         self.behind = True
@@ -389,6 +421,7 @@ class Store:
                 self._committed = trio.Event()
                 await self._work.wait()
                 self._work = trio.Event()
+                self._work_pending = False
                 continue
             ok = await self._commit_round()
             failures = 0 if ok else failures + 1
@@ -463,9 +496,9 @@ class Store:
     ) -> None:
         if result.wrote_last_seq:
             self._recorded_seq = last_seq
-        for gid, size in result.deleted:
-            self.groups.states[self._index_of[gid]].remove(size)
         trimmed: dict[int, int] = {}
+        if self.link_up:
+            self._dropped_in_flight.update(result.trimmed_seqs)
         for gid, size in result.trimmed:
             index = self._index_of[gid]
             self.groups.states[index].remove(size)
@@ -547,7 +580,7 @@ class Store:
         # that were not to be written go on as if committed.
         self._spill[:0] = spill
         self._after_commit(
-            [r for r in batch if not r.on_disk], buffer.CommitResult([], [], False), 0
+            [r for r in batch if not r.on_disk], buffer.CommitResult(0, [], False), 0
         )
         if batch:
             self.committed_seq = max(self.committed_seq, batch[-1].seq)
@@ -573,11 +606,15 @@ class Store:
     async def _expire(self, state: GroupState) -> None:
         cutoff = _now_ms() - int(state.spec.max_age * 1000)
         try:
-            sizes = await self._in_thread(buffer.expire, self._gids[state.index], cutoff)
+            seqs: list[int] = []
+            sizes = await self._in_thread(
+                buffer.expire, self._gids[state.index], cutoff, 1000, seqs
+            )
         except sqlite3.Error as exc:
             log.error("store_expire_failed", group=state.spec.name, error=str(exc))
             return
-        assert isinstance(sizes, list)
+        if self.link_up:
+            self._dropped_in_flight.update(seqs)
         for size in sizes:
             state.remove(size)
         if sizes:
@@ -609,9 +646,7 @@ class Store:
             if not state.count or self.conn is None:
                 out[state.spec.name] = None
                 continue
-            out[state.spec.name] = await self._in_thread(
-                buffer.oldest_ts, self._gids[state.index]
-            )
+            out[state.spec.name] = await self._in_thread(buffer.oldest_ts, self._gids[state.index])
         return out
 
     def stats(self) -> StoreStats:
