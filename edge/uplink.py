@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 log = get_logger("edge.uplink")
 
 RECEIVE_SIZE = 256 * 1024
+COALESCE_BELOW = 64 * 1024
 _UNKNOWN: tuple[bytes, ...] = (b"?",)  # a memo miss (no real route is this object)
 FIRST_PING = 1.0
 AUTH_BACKOFF_START = 2.0
@@ -437,6 +438,12 @@ class Uplink:
                 self._wake_pending = False
                 await self._wake.wait()
                 self._wake = trio.Event()
+                # One scheduler pass before sending: the tasks woken with us
+                # (readers, the store's forwarder) add theirs, and one send
+                # carries it all. Measured: small sends were a fifth of the
+                # store-and-forward path's time.
+                if len(self.out) < COALESCE_BELOW:
+                    await trio.sleep(0)
                 continue
             data = self.out
             self.out = bytearray()
