@@ -106,11 +106,18 @@ def _toml(value: Any) -> str:
 def start_edge(
     tmp_path: Path, hub_port: int, store_dir: Path, *, name: str = "edge1", toml: str = ""
 ) -> ServerProcess:
-    """leafgate linked to ``hub_port`` (a hub's leafnode port, or a proxy's)."""
-    args = ["-n", name, "--hub", f"nats-leaf://127.0.0.1:{hub_port}"]
-    if not toml:
-        args += ["--forward", "telemetry.>", "--store", str(store_dir)]
-    return start_leafgate(*args, config_text=toml or None, tmp_path=tmp_path)
+    """leafgate linked to ``hub_port`` (a hub's leafnode port, or a proxy's).
+
+    The link never uses the URLs the hub advertises: a hub advertises its own
+    leafnode port, and an edge that learnt it would reconnect around the proxy
+    when the test cuts the link."""
+    remote = (
+        "[[leafnodes.remotes]]\n"
+        f'url = "nats-leaf://127.0.0.1:{hub_port}"\n'
+        "use_advertised_urls = false\n"
+    )
+    config = remote + (toml or store_toml(store_dir))
+    return start_leafgate("-n", name, config_text=config, tmp_path=tmp_path)
 
 
 @dataclass(frozen=True)
