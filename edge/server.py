@@ -7,6 +7,7 @@ Task tree (each task has an owner; shutdown runs from the inside out)::
         service nursery
           accept loop            stops first on shutdown or lame duck
           keep-alive ticker      PINGs idle clients, closes stale ones
+          monitor                HTTP monitoring (edge.monitor), when http_port is set
 
 Shutdown order: stop accepting; ask every client to close (each flushes what it
 has pending); after ``shutdown_grace`` seconds whatever is left is cancelled.
@@ -49,6 +50,7 @@ from edge.router import Router
 from store.errors import StoreOpenError
 
 if TYPE_CHECKING:
+    from edge.monitor import Monitor
     from edge.uplink import Uplink
     from store.writer import Store
 
@@ -72,6 +74,11 @@ class ServerStats:
     stale_connections: int = 0
     refused_max_connections: int = 0
     producer_stalls: int = 0
+    # Traffic of the clients that have gone, so monitoring totals never decrease.
+    closed_in_msgs: int = 0
+    closed_in_bytes: int = 0
+    closed_out_msgs: int = 0
+    closed_out_bytes: int = 0
 
 
 class Server:
@@ -100,6 +107,8 @@ class Server:
         self.stats = ServerStats()
         self.port = 0
         self.host = config.host
+        self.monitor: Monitor | None = None
+        self.http_port = 0  # the monitoring port once bound (0: no monitoring)
         self.lame_duck = False
         self.started = 0.0
         self._next_cid = 0
@@ -156,13 +165,6 @@ class Server:
         self.port = listeners[0].socket.getsockname()[1]
         self._info_base["port"] = self.port
         self.started = trio.current_time()
-        if self.config.http_port is not None:
-            # Accepted so that harnesses written for nats-server can pass -m.
-            log.warning(
-                "monitoring_not_available",
-                http_port=self.config.http_port,
-                detail="HTTP monitoring is not implemented yet; the port is not opened",
-            )
         # The store is outermost: it opens first and closes last, after the
         # clients and the uplink, committing whatever they handed it.
         async with trio.open_nursery() as outer:
@@ -194,6 +196,11 @@ class Server:
                     uplink = Uplink(self, remote, index)
                     self.uplinks.append(uplink)
                     await services.start(uplink.run)
+                if self.config.http_port is not None:
+                    from edge.monitor import Monitor
+
+                    self.monitor = Monitor(self)
+                    await services.start(self.monitor.run)
                 services.start_soon(self._accept_loop, listeners, connections)
                 services.start_soon(self._keepalive)
                 services.start_soon(self._watch_lame_duck)
@@ -271,7 +278,12 @@ class Server:
             await self._drained.wait()
 
     def forget(self, client: ClientConnection) -> None:
-        self.clients.pop(client.cid, None)
+        if self.clients.pop(client.cid, None) is not None:
+            stats = self.stats
+            stats.closed_in_msgs += client.in_msgs
+            stats.closed_in_bytes += client.in_bytes
+            stats.closed_out_msgs += client.out_msgs
+            stats.closed_out_bytes += client.out_bytes
 
     async def _keepalive(self) -> None:
         """PING clients that were quiet for a ping interval; close the stale ones.
@@ -361,6 +373,11 @@ def _write_ports_file(config: ServerConfig, server: Server) -> str | None:
     path = os.path.join(config.ports_file_dir, f"leafgate_{os.getpid()}.ports")
     host = server.host if server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     ports = {"nats": [f"nats://{host}:{server.port}"]}
+    if server.http_port:
+        http_host = config.http_host
+        if http_host in ("0.0.0.0", "::", ""):
+            http_host = "127.0.0.1"
+        ports["monitoring"] = [f"http://{http_host}:{server.http_port}"]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(ports, f)

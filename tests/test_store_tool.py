@@ -64,6 +64,13 @@ def build_store(
         conn.close()
 
 
+@pytest.fixture(autouse=True)
+def _clock_at_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ages are shown against NOW, however long after import a test runs: the
+    tool reads the clock once per status (time.time_ns), so pin it there."""
+    monkeypatch.setattr(tool.time, "time_ns", lambda: NOW * 1_000_000 + 500_000_000)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     directory = tmp_path / "store"

@@ -8,16 +8,19 @@ the TLS handshake before it reads anything, then speak to the real hub inside it
 from __future__ import annotations
 
 import json
+import os
+import signal
 import ssl
 import threading
 from pathlib import Path
 
 import trio
 
+from tests.aio import connect, run, wait_until
 from tests.certs import make_tls_files
-from tests.harness import start_leafgate
-from tests.hubs import start_hub
-from tests.test_uplink import _edge_log_after, assert_link_up, leaf_url
+from tests.harness import ServerProcess, start_leafgate
+from tests.hubs import start_hub, start_hub_cluster
+from tests.test_uplink import _edge_log_after, assert_link_up, leaf_url, link_ready
 
 
 def test_token_goes_to_the_hub_in_connect(tmp_path: Path) -> None:
@@ -139,3 +142,52 @@ def test_tls_handshake_first(tmp_path: Path) -> None:
             edge.stop()
             waiting.stop()
             hub.stop()
+
+
+def test_a_hub_node_in_lame_duck_mode_hands_the_link_to_another(tmp_path: Path) -> None:
+    """nats-server sends a leaf link nothing when it enters lame duck mode (2.9
+    and 2.14 alike, see the spec); it closes the link within its lame duck
+    duration, and leafgate moves to the next URL without losing the way back."""
+    extra = 'lame_duck_duration: "30s"\nlame_duck_grace_period: "1s"\n'
+    nodes = start_hub_cluster(tmp_path / "cluster", n=2, jetstream=False, extra=extra)
+    edge = start_leafgate(
+        "-n",
+        "edge-ldm",
+        "--hub",
+        leaf_url(nodes[0].leaf_port),
+        "--hub",
+        leaf_url(nodes[1].leaf_port),
+        tmp_path=tmp_path / "edge",
+    )
+    try:
+
+        async def scenario() -> None:
+            e = await connect(f"nats://127.0.0.1:{edge.port}")
+            h = await connect(f"nats://127.0.0.1:{nodes[1].client_port}")
+            await link_ready(e, h, timeout=20)
+            assert f"127.0.0.1:{nodes[0].leaf_port}" in _last_up_url(edge)
+            os.kill(nodes[0].pid, signal.SIGUSR2)
+            # The link leaves node 1 for node 2 and traffic flows again.
+            await wait_until(
+                lambda: f"127.0.0.1:{nodes[1].leaf_port}" in _last_up_url(edge),
+                timeout=20,
+                what="the link on the second node",
+            )
+            await link_ready(e, h, timeout=20)
+            await e.close()
+            await h.close()
+
+        run(scenario(), timeout=60)
+    finally:
+        edge.stop()
+        for node in nodes:
+            node.stop()
+
+
+def _last_up_url(edge: ServerProcess) -> str:
+    ups = [
+        json.loads(line)
+        for line in edge.log_tail(100000).splitlines()
+        if line.startswith("{") and '"uplink_up"' in line
+    ]
+    return str(ups[-1]["url"]) if ups else ""
