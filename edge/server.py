@@ -61,6 +61,7 @@ PROTOCOL_VERSION = "2.10.0"
 FIRST_PING_DELAY = 2.0
 TICK = 0.25
 STALL_MAX = 0.05  # longest a publisher is held back per read
+SETTLE_MAX = 2.0  # longest a stop waits for the hub to confirm what is in flight
 
 
 def leafgate_version() -> str:
@@ -206,8 +207,18 @@ class Server:
                 services.start_soon(self._watch_lame_duck)
                 task_status.started(self)
                 await self._stop.wait()
+                await self._settle_uplinks()
                 services.cancel_scope.cancel()
             await self._close_all(connections, CloseReason.SERVER_SHUTDOWN)
+
+    async def _settle_uplinks(self) -> None:
+        """Give the hub a moment to confirm what is in flight, so a restart
+        does not send it again (it would be deduplicated, but costs a replay)."""
+        forwarders = [u.forwarder for u in self.uplinks if u.forwarder is not None and u.up]
+        if forwarders:
+            with trio.move_on_after(min(SETTLE_MAX, self.config.shutdown_grace)):
+                for forwarder in forwarders:
+                    await forwarder.settle()
 
     def _adopt_store_identity(self) -> None:
         """The server id lives in the store, so a gateway keeps it across restarts."""

@@ -70,6 +70,7 @@ class Forwarder:
         self.modes: dict[int, Confirm] = {}
         self._lookups: dict[bytes, trio.MemorySendChannel[bytes]] = {}
         self._wake = trio.Event()
+        self._emptied = trio.Event()  # set when the window runs empty
         self._warn = RateLimitedWarning(WARN_PERIOD)
         self.sent = 0
         self.resent = 0
@@ -97,14 +98,25 @@ class Forwarder:
         if record is not None:
             self.acked += 1
             self.store.confirmed([record])
-            self._wake.set()
+            self._woken()
 
     def on_pong(self, mark: int) -> None:
         done = self.window.confirm_through(mark)
         if done:
             self.acked += len(done)
             self.store.confirmed(done)
-            self._wake.set()
+            self._woken()
+
+    def _woken(self) -> None:
+        self._wake.set()
+        if not len(self.window):
+            self._emptied.set()
+
+    async def settle(self) -> None:
+        """Return once nothing is in flight (the caller bounds the wait)."""
+        while len(self.window):
+            self._emptied = trio.Event()
+            await self._emptied.wait()
 
     # ---- one link session ----------------------------------------------------------
 

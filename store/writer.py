@@ -446,6 +446,8 @@ class Store:
             last_seq = max(last_seq, self._memory_seq + MEMORY_RESERVE)
         sync = any(self.groups.states[r.group].spec.durability == "fsync" for r in inserts)
         started = time.perf_counter()
+        result: buffer.CommitResult | None = None
+        failed = False
         try:
             result = await trio.to_thread.run_sync(
                 _commit_call,
@@ -460,13 +462,25 @@ class Store:
                 limiter=self._limiter,
             )
         except sqlite3.Error as exc:
+            failed = True
             return self._commit_failed(exc, batch, spill, deletes)
+        finally:
+            if result is None and not failed:
+                # Cancelled before the worker thread took the batch (a stop):
+                # put it back, so the final commit at close writes it.
+                self._put_back(batch, spill, deletes)
         self.commits += 1
         self.commit_seconds += time.perf_counter() - started
         self.bytes_committed += sum(r.size for r in inserts)
         assert isinstance(result, buffer.CommitResult)
         self._after_commit(batch, result, last_seq)
         return True
+
+    def _put_back(self, batch: list[Record], spill: list[Record], deletes: list[int]) -> None:
+        self.pending[:0] = batch
+        self.pending_bytes += sum(r.size for r in batch)
+        self._spill[:0] = spill
+        self._deletes[:0] = deletes
 
     def _trims(self) -> list[Trim]:
         trims = []
@@ -545,9 +559,7 @@ class Store:
         full = "full" in text.lower()
         if not full:
             log.error("store_commit_failed", error=text, batch=len(batch))
-            self.pending[:0] = batch
-            self.pending_bytes += sum(r.size for r in batch)
-            self._spill[:0] = spill
+            self._put_back(batch, spill, [])
             return False
         self.disk_full = True
         log.error("store_disk_full", error=text, batch=len(batch), path=str(self.directory))
@@ -559,9 +571,7 @@ class Store:
             self._full_retry = True
             for rec in oldest_first:
                 self._free_bytes[rec.group] = self._free_bytes.get(rec.group, 0) + rec.size
-            self.pending[:0] = batch
-            self.pending_bytes += sum(r.size for r in batch)
-            self._spill[:0] = spill
+            self._put_back(batch, spill, [])
             return False
         self._full_retry = False
         lost = [r for r in batch if r.on_disk]

@@ -9,14 +9,17 @@ proxy between them where the link must be cut, and nats-py clients.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from nats.aio.msg import Msg
 
 from tests.aio import connect, run, settle, wait_until
+from tests.harness import ServerProcess
 from tests.hubs import start_hub
 from tests.storehelp import (
     ThreadedProxy,
@@ -316,3 +319,57 @@ async def _publish_to(port: int, n: int, start: int = 0) -> list[tuple[str, byte
     sent = await publish_many(e, n, start=start)
     await e.close()
     return sent
+
+
+def test_a_graceful_stop_waits_for_the_hub_to_confirm_what_is_in_flight(tmp_path: Path) -> None:
+    hub = start_js_hub(tmp_path)
+    store = tmp_path / "store"
+    edge = start_edge(tmp_path / "edge", hub.leaf_port, store)
+    try:
+        run(_wait_forwarding(edge))
+        sent = run(_publish_to(edge.port, 20_000))
+        # Stop while the backlog is going up: some at the hub, some in flight.
+        run(wait_until(lambda: run_count(hub) >= 500, 20, "the first messages at the hub"))
+        assert edge.stop() == 0
+        left = {data for _seq, _subject, data in stored_rows(store)}
+        msgs = run(read_stream(hub, len(sent) - len(left)))
+        at_hub = {m.data for m in msgs}
+        # Whatever the hub holds was confirmed before the stop: nothing to send again.
+        assert not (left & at_hub), f"{len(left & at_hub)} messages both at the hub and stored"
+        edge.start()
+        msgs = run(read_stream(hub, len(sent)))
+        _assert_exactly_once_in_order(msgs, sent)
+    finally:
+        edge.stop()
+        hub.stop()
+
+
+def run_count(hub: Any) -> int:
+    """The hub stream's message count, from a thread of its own (callable inside
+    a running asyncio scenario)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(run, stream_count(hub)).result(timeout=10)
+
+
+async def _wait_forwarding(edge: ServerProcess) -> None:
+    await wait_until(lambda: bool(log_events(edge, "forward_started")), 10, "link up")
+
+
+def test_a_stop_right_after_a_burst_keeps_every_accepted_message(tmp_path: Path) -> None:
+    """SIGTERM while the writer still holds a batch: the batch is committed at
+    close, not lost with the cancelled commit loop."""
+    hub = start_js_hub(tmp_path)
+    store = tmp_path / "store"
+    edge = start_edge(tmp_path / "edge", hub.leaf_port, store)
+    try:
+        run(_wait_forwarding(edge))
+        sent = run(_publish_to(edge.port, 20_000))  # flushed: the server has them all
+        assert edge.stop() == 0
+        at_hub = run(stream_count(hub))
+        assert len(stored_rows(store)) + at_hub >= len(sent)
+        edge.start()
+        msgs = run(read_stream(hub, len(sent)))
+        _assert_exactly_once_in_order(msgs, sent)
+    finally:
+        edge.stop()
+        hub.stop()
