@@ -106,7 +106,8 @@ class Router:
         self._match = self.sublist.match
         self.messages_in = 0
         # Messages on store-and-forward subjects go up through the store, in
-        # sequence order, instead of straight to the links.
+        # sequence order, instead of straight to the links; also while no link
+        # is registered (a stop: the uplinks end before the clients).
         self.store: Store | None = None
         # Uplinks to hubs; each hears about every local interest change and is
         # offered every local message after local delivery.
@@ -162,11 +163,11 @@ class Router:
                     sub.delivered += 1
                     if sub.max_msgs or not client.wake_pending or len(out) > client.stall_mark:
                         client.appended(sub)
-            if self.links:
+            if self.links or self.store is not None:
                 self._forward(origin, subject, reply, hdr, data, queues)
             return True
         if not plain and not queues:
-            if self.links:
+            if self.links or self.store is not None:
                 return self._forward(origin, subject, reply, hdr, data, queues)
             return False
         if origin is not None and not origin.echo:
@@ -211,7 +212,7 @@ class Router:
             for _queue, members in queues:
                 sub = members[int(random() * len(members))] if len(members) > 1 else members[0]
                 sub.client.deliver(sub, subject, reply, hdr, data)
-        if self.links:
+        if self.links or self.store is not None:
             self._forward(origin, subject, reply, hdr, data, queues)
         return True
 

@@ -121,6 +121,8 @@ class Uplink:
         self._ping_marks: deque[int] = deque()
         self._up_event = trio.Event()
         self._drained = trio.Event()
+        self._taken = 0  # buffers the writer took to send
+        self._sent = 0  # of those, the ones sent
         # The store's messages go up the first link only.
         self.forwarder: Forwarder | None = None
         self._inbox = b""
@@ -280,8 +282,12 @@ class Uplink:
         await self._up_event.wait()
 
     async def wait_drained(self) -> None:
+        """Until what is buffered now has been sent (not until the buffer is
+        empty: live traffic that keeps adding would hold the forwarder for ever)."""
         if self.out:
-            await self._drained.wait()
+            target = self._taken + 1  # the writer's next take carries it
+            while self._sent < target:
+                await self._drained.wait()
 
     # ---- supervisor -----------------------------------------------------------------
 
@@ -447,10 +453,11 @@ class Uplink:
                 continue
             data = self.out
             self.out = bytearray()
+            self._taken += 1
             await stream.send_all(data)
-            if not self.out:
-                self._drained.set()
-                self._drained = trio.Event()
+            self._sent = self._taken
+            self._drained.set()
+            self._drained = trio.Event()
 
     async def _pinger(self) -> None:
         await trio.sleep(FIRST_PING * random.uniform(1.0, 1.2))

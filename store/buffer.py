@@ -56,8 +56,9 @@ def commit(
     last_seq: int,
     recorded: int,
 ) -> CommitResult:
-    """Insert, trim and delete in one transaction (inserts first: a message
-    confirmed before its batch was committed is deleted in the same step).
+    """Insert, delete and trim in one transaction (inserts first: a message
+    confirmed before its batch was committed is deleted in the same step;
+    deletes before trims: a trim takes what is still unconfirmed).
 
     *gids* maps a record's group index to its id in the store. With *sync*, the
     commit waits for fsync (synchronous=FULL). *last_seq* is the highest
@@ -72,28 +73,41 @@ def commit(
                 _INSERT,
                 [(r.seq, gids[r.group], r.ts, r.subject, r.hdr, r.data) for r in inserts],
             )
-        trimmed: list[tuple[int, int]] = []
-        trimmed_seqs: list[int] = []
-        for trim in trims:
-            trimmed.extend(_trim(conn, trim, trimmed_seqs))
         # Ranges, no RETURNING: the caller accounts for what it confirmed (a
         # row per message back into Python would double the cost of a delete).
+        # Before the trims: a trim must take unconfirmed rows, not confirmed ones.
         deleted = 0
         for low, high in ranges(deletes):
             deleted += conn.execute(
                 "DELETE FROM messages WHERE seq BETWEEN ? AND ?", (low, high)
             ).rowcount
-        wrote = False
-        if last_seq > recorded:
-            top = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
-            if top < last_seq:
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(last_seq),))
-                wrote = True
+        trimmed: list[tuple[int, int]] = []
+        trimmed_seqs: list[int] = []
+        for trim in trims:
+            trimmed.extend(_trim(conn, trim, trimmed_seqs))
+        wrote = _record_if_gone(conn, last_seq, recorded)
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
         raise
     return CommitResult(deleted, trimmed, wrote, tuple(trimmed_seqs))
+
+
+def _record_if_gone(conn: sqlite3.Connection, last_seq: int, recorded: int) -> bool:
+    """Record *last_seq* when the table no longer holds it (in the caller's
+    transaction); True if written."""
+    if last_seq <= recorded:
+        return False
+    top = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
+    if top >= last_seq:
+        return False
+    # Never lower what is recorded (a reservation written by another operation
+    # that ran between this one's snapshot of it and now).
+    row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+    if row is not None and str(row[0]).isdigit() and int(row[0]) >= last_seq:
+        return False
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(last_seq),))
+    return True
 
 
 def _trim(conn: sqlite3.Connection, trim: Trim, seqs: list[int]) -> list[tuple[int, int]]:
@@ -128,11 +142,16 @@ def expire(
     before_ts: int,
     limit: int = 1000,
     seqs: list[int] | None = None,
+    *,
+    last_seq: int = 0,
+    recorded: int = 0,
+    wrote: list[bool] | None = None,
 ) -> list[int]:
     """Drop messages of group *gid* published before *before_ts* (ms), oldest
     first, up to *limit*; returns their sizes (and appends their sequences to
     *seqs*). Walks seq order and stops at the first message young enough
-    (publish times follow sequence order)."""
+    (publish times follow sequence order). Like ``commit``, records *last_seq*
+    when the highest row is gone (appending True to *wrote*)."""
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -151,6 +170,8 @@ def expire(
             conn.execute(
                 "DELETE FROM messages WHERE seq BETWEEN ? AND ? AND grp = ?", (low, high, gid)
             )
+        if old and _record_if_gone(conn, last_seq, recorded) and wrote is not None:
+            wrote.append(True)
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)

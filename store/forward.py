@@ -66,9 +66,14 @@ class Forwarder:
         self.inbox = inbox  # b"_INBOX.<id>." : acks arrive on <inbox><seq>
         self.window = InFlight(store.config.max_inflight, WINDOW_BYTES)
         self.resend: deque[Record] = deque()
+        # Records the link may not send (the hub's permissions): kept until the
+        # link ends and handed back with the window (a memory-mode one is then
+        # written), to be tried again on the next link.
+        self.denied: list[Record] = []
         self.cursor = 0
         self.modes: dict[int, Confirm] = {}
         self._lookups: dict[bytes, trio.MemorySendChannel[bytes]] = {}
+        self._lookup_count = 0  # each lookup its own reply subject, on every link
         self._wake = trio.Event()
         self._emptied = trio.Event()  # set when the window runs empty
         self._warn = RateLimitedWarning(WARN_PERIOD)
@@ -137,20 +142,22 @@ class Forwarder:
             while True:
                 await self._step(link)
         finally:
-            unconfirmed = self.window.take_all() + list(self.resend)
+            unconfirmed = self.window.take_all() + list(self.resend) + self.denied
             self.resend.clear()
+            self.denied = []
             self.store.link_changed(False, unconfirmed)
 
     async def _step(self, link: LinkPort) -> None:
         now = trio.current_time()
-        if self.window.overdue(now, self.store.config.ack_timeout):
-            again = self.window.take_all()
+        if self.window.overdue_acks(now, self.store.config.ack_timeout):
+            again = self.window.take_unacked()
             self.resent += len(again)
             self._warn_once("hub_ack_timeout", resending=len(again), first=again[0].seq)
             self.resend.extendleft(reversed(again))
         records = await self._next_records()
         if records:
-            self._send(link, records, now)
+            # Stamped when sent: reading them back may have taken a while.
+            self._send(link, records, trio.current_time())
             if len(link.out) > OUT_HIGH:
                 await link.wait_drained()
             else:
@@ -189,6 +196,7 @@ class Forwarder:
                 self.cursor = rec.seq
             if not link.may_send(rec.subject):
                 self._warn_once("forward_denied", subject=rec.subject.decode(errors="replace"))
+                self.denied.append(rec)
                 continue
             seq = b"%d" % rec.seq
             hdr = with_msg_id(rec.hdr, gateway + b":" + seq)
@@ -233,8 +241,11 @@ class Forwarder:
         if self.store.config.jetstream_domain:
             api = f"$JS.{self.store.config.jetstream_domain}.API"
         found: list[str] = []
-        for i, subject in enumerate(subjects):
-            reply = self.inbox + b"lookup%d" % i
+        for subject in subjects:
+            # A late answer (after its lookup timed out, or from a previous
+            # link) must not be taken for another group's.
+            self._lookup_count += 1
+            reply = self.inbox + b"lookup%d" % self._lookup_count
             send, receive = trio.open_memory_channel[bytes](1)
             self._lookups[reply] = send
             body = json.dumps({"subject": subject}).encode()

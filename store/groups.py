@@ -128,8 +128,10 @@ class GroupTable:
 
     def add_orphan(self, name: str) -> GroupState:
         """A group found in the store but no longer configured: its messages are
-        still forwarded (they were accepted for the hub), and it takes no new ones."""
-        spec = ForwardGroup(subjects=(">",), name=name)
+        still forwarded (they were accepted for the hub), and it takes no new ones.
+        Its subjects are unknown, so no stream lookup can tell whether the hub
+        will PubAck them: it is confirmed by PING/PONG, which always comes."""
+        spec = ForwardGroup(subjects=(">",), name=name, confirm="link")
         state = GroupState(spec, len(self.states))
         self.states.append(state)
         return state

@@ -117,6 +117,26 @@ class InFlight:
         oldest = self.oldest_sent()
         return oldest is not None and now - oldest >= timeout
 
+    def overdue_acks(self, now: float, timeout: float) -> bool:
+        """Whether the oldest PubAck-confirmed record has waited *timeout*."""
+        for _rec, how, sent in self._entries.values():
+            if how is Confirm.JETSTREAM:
+                return now - sent >= timeout
+        return False
+
+    def take_unacked(self) -> list[Record]:
+        """Go back N for PubAck-confirmed records: take them back, in sequence
+        order. PING-confirmed records stay: their PONG comes on this link (or
+        the link ends and the whole window is taken back), and a second copy
+        would reach the hub's subscribers twice (no duplicate window)."""
+        again = sorted(
+            (e[0] for e in self._entries.values() if e[1] is Confirm.JETSTREAM), key=_seq
+        )
+        for rec in again:
+            del self._entries[rec.seq]
+            self.bytes -= rec.size
+        return again
+
     def take_all(self) -> list[Record]:
         """Empty the window; its records in sequence order, to send again."""
         records = sorted((entry[0] for entry in self._entries.values()), key=_seq)

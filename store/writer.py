@@ -34,6 +34,7 @@ per group and reason, with the number suppressed.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -136,6 +137,10 @@ class Store:
         self.committed_seq = 0
         self._spill: list[Record] = []
         self._deletes: list[int] = []
+        # Sequences the hub confirmed whose rows are not deleted yet (in
+        # _deletes, or in the commit running now): counted out already, so a
+        # trim or max_age must not count them again, nor a read send them again.
+        self._confirming: set[int] = set()
         # Bytes to free per group (policy drop_oldest) because the disk is low
         # or full rather than because a group limit was reached.
         self._free_bytes: dict[int, int] = {}
@@ -144,6 +149,11 @@ class Store:
         self._dropped_in_flight: set[int] = set()
         self._work_pending = False
         self._full_retry = False
+        # A full store could not take the spill: the forwarder sends it from
+        # memory meanwhile (read_after), and confirmed deletes are committed on
+        # their own first (they make the room).
+        self._spill_stuck = False
+        self._split_deletes = False
         self._trim_reason: dict[int, str] = {}  # group index -> why this round trims it
         self._recorded_seq = 0
         self._memory_seq = 0  # highest sequence given to a memory-mode record
@@ -277,6 +287,10 @@ class Store:
                 state.remove(rec.size)
             if rec.on_disk:
                 self._deletes.append(rec.seq)
+                self._confirming.add(rec.seq)
+        if self._spill_stuck and self._spill:
+            done = {rec.seq for rec in records}
+            self._spill = [r for r in self._spill if r.seq not in done]
         if self._deletes:
             self._wake_writer()
 
@@ -301,12 +315,32 @@ class Store:
         when the reader has caught up with the writer."""
         await self.barrier()
         rows = await self._in_thread(buffer.read_after, after, limit)
+        confirming = self._confirming
         records = [
             Record(seq, self._index_of.get(gid, 0), ts, subject, hdr, data)
             for seq, gid, ts, subject, hdr, data in rows
+            if seq not in confirming
         ]
-        last = records[-1].seq if records else after
-        if len(records) < limit and last >= self.committed_seq and self.link_up:
+        complete = len(rows) < limit
+        if self._spill_stuck and self._spill:
+            # Spilled records a full store could not take: sent from memory, in
+            # sequence order with the rows (they are written once there is room).
+            top = rows[-1][0] if not complete else None
+            extra = [
+                r
+                for r in self._spill
+                if r.seq > after and r.seq not in confirming and (top is None or r.seq < top)
+            ]
+            if extra:
+                records = sorted(records + extra, key=_seq)
+                if len(records) > limit:
+                    records = records[:limit]
+                    complete = False
+        # A short read saw every committed row (the barrier committed what was
+        # accepted before it; later commits wait for the limiter, and their
+        # records are fed from now on), even when the newest committed rows
+        # are gone (expired, trimmed, dropped for a full disk).
+        if complete and self.link_up:
             self.behind = False
         return records
 
@@ -331,7 +365,7 @@ class Store:
     async def barrier(self) -> None:
         """Return once everything accepted before the call is committed."""
         target = self.next_seq - 1
-        while self.committed_seq < target or self._spill:
+        while self.committed_seq < target or (self._spill and not self._spill_stuck):
             self._work.set()
             await self._committed.wait()
 
@@ -424,12 +458,18 @@ class Store:
                 self._work_pending = False
                 continue
             ok = await self._commit_round()
+            # Wake barrier() after every round, not only when idle: a writer
+            # that always finds a new batch never idles.
+            self._committed.set()
+            self._committed = trio.Event()
             failures = 0 if ok else failures + 1
             if failures:
                 await trio.sleep(min(2.0, 0.05 * 2**failures))
 
     async def _commit_round(self) -> bool:
         """Commit one batch. False if the store failed (the batch is kept)."""
+        if self._split_deletes and self._deletes:
+            await self._commit_deletes()
         batch, self.pending = self.pending, []
         self.pending_bytes = 0
         spilling = self.behind
@@ -473,13 +513,45 @@ class Store:
         self.commit_seconds += time.perf_counter() - started
         self.bytes_committed += sum(r.size for r in inserts)
         assert isinstance(result, buffer.CommitResult)
-        self._after_commit(batch, result, last_seq)
+        self._spill_stuck = False
+        self._after_commit(batch, result, last_seq, deletes)
         return True
+
+    async def _commit_deletes(self) -> None:
+        """Confirmed deletes on their own (after a commit failed for lack of
+        space): they make room, and must not fail with inserts that do not fit."""
+        self._split_deletes = False
+        deletes, self._deletes = self._deletes, []
+        last_seq = self.next_seq - 1
+        if self._memory_seq > self._recorded_seq:
+            last_seq = max(last_seq, self._memory_seq + MEMORY_RESERVE)
+        result: buffer.CommitResult | None = None
+        try:
+            result = await trio.to_thread.run_sync(
+                _commit_call,
+                self.conn,
+                [],
+                self._gids,
+                deletes,
+                [],
+                False,
+                last_seq,
+                self._recorded_seq,
+                limiter=self._limiter,
+            )
+        except sqlite3.Error as exc:
+            self.last_error = str(exc)
+        finally:
+            if result is None:
+                self._deletes[:0] = deletes
+        if result is not None:
+            self._after_commit([], result, last_seq, deletes)
 
     def _put_back(self, batch: list[Record], spill: list[Record], deletes: list[int]) -> None:
         self.pending[:0] = batch
         self.pending_bytes += sum(r.size for r in batch)
-        self._spill[:0] = spill
+        confirming = self._confirming
+        self._spill[:0] = [r for r in spill if r.seq not in confirming]
         self._deletes[:0] = deletes
 
     def _trims(self) -> list[Trim]:
@@ -506,14 +578,21 @@ class Store:
         return trims
 
     def _after_commit(
-        self, batch: list[Record], result: buffer.CommitResult, last_seq: int
+        self,
+        batch: list[Record],
+        result: buffer.CommitResult,
+        last_seq: int,
+        deletes: list[int] | tuple[int, ...] = (),
     ) -> None:
         if result.wrote_last_seq:
             self._recorded_seq = last_seq
         trimmed: dict[int, int] = {}
-        if self.link_up:
-            self._dropped_in_flight.update(result.trimmed_seqs)
-        for gid, size in result.trimmed:
+        confirming = self._confirming
+        for (gid, size), seq in zip(result.trimmed, result.trimmed_seqs, strict=True):
+            if seq in confirming:
+                continue  # confirmed before or during this commit: counted out then
+            if self.link_up:
+                self._dropped_in_flight.add(seq)
             index = self._index_of[gid]
             self.groups.states[index].remove(size)
             trimmed[index] = trimmed.get(index, 0) + 1
@@ -522,6 +601,7 @@ class Store:
             reason = self._trim_reason.get(index, "max_bytes")
             state.note_drop(reason, n)
             self._log_drop(state, reason, "dropped", n)
+        confirming.difference_update(deletes)
         if batch:
             self.committed_seq = max(self.committed_seq, batch[-1].seq)
             self._publish_acks(batch)
@@ -562,6 +642,7 @@ class Store:
             self._put_back(batch, spill, [])
             return False
         self.disk_full = True
+        self._split_deletes = True
         log.error("store_disk_full", error=text, batch=len(batch), path=str(self.directory))
         oldest_first = [
             r for r in batch if self.groups.states[r.group].spec.policy == "drop_oldest"
@@ -587,13 +668,25 @@ class Store:
             self._log_drop(first, REASON_DISK_FULL, "dropped", len(lost))
         # Spilled memory-mode records stay in memory (their publishers were told
         # they are held) and are tried again; memory-mode records of the batch
-        # that were not to be written go on as if committed.
-        self._spill[:0] = spill
-        self._after_commit(
-            [r for r in batch if not r.on_disk], buffer.CommitResult(0, [], False), 0
-        )
-        if batch:
-            self.committed_seq = max(self.committed_seq, batch[-1].seq)
+        # that were not to be written go on as if committed, unless the
+        # reservation of their sequences was in the transaction that failed:
+        # then they are committed again (alone: no row to write), so none goes
+        # up before a restart is sure to start past it.
+        confirming = self._confirming
+        self._spill[:0] = [r for r in spill if r.seq not in confirming]
+        if self._spill:
+            self._spill_stuck = True
+            self.data_ready.set()  # the forwarder may send them now
+            self.data_ready = trio.Event()
+        unwritten = [r for r in batch if not r.on_disk]
+        if unwritten and self._memory_seq > self._recorded_seq:
+            self.pending[:0] = unwritten
+            self.pending_bytes += sum(r.size for r in unwritten)
+            unwritten = []
+        self._after_commit(unwritten, buffer.CommitResult(0, [], False), 0)
+        self.last_error = text  # _after_commit cleared it
+        if lost:
+            self.committed_seq = max(self.committed_seq, lost[-1].seq)
         self._committed.set()
         self._committed = trio.Event()
         return False
@@ -615,21 +708,34 @@ class Store:
 
     async def _expire(self, state: GroupState) -> None:
         cutoff = _now_ms() - int(state.spec.max_age * 1000)
+        last_seq = self.next_seq - 1
+        if self._memory_seq > self._recorded_seq:
+            last_seq = max(last_seq, self._memory_seq + MEMORY_RESERVE)
+        recorded = self._recorded_seq
         try:
             seqs: list[int] = []
+            wrote: list[bool] = []
             sizes = await self._in_thread(
-                buffer.expire, self._gids[state.index], cutoff, 1000, seqs
+                functools.partial(buffer.expire, last_seq=last_seq, recorded=recorded, wrote=wrote),
+                self._gids[state.index],
+                cutoff,
+                1000,
+                seqs,
             )
         except sqlite3.Error as exc:
             log.error("store_expire_failed", group=state.spec.name, error=str(exc))
             return
+        if wrote:
+            self._recorded_seq = max(self._recorded_seq, last_seq)
+        confirming = self._confirming
+        fresh = [(q, size) for q, size in zip(seqs, sizes, strict=True) if q not in confirming]
         if self.link_up:
-            self._dropped_in_flight.update(seqs)
-        for size in sizes:
+            self._dropped_in_flight.update(q for q, _ in fresh)
+        for _, size in fresh:
             state.remove(size)
-        if sizes:
-            state.note_drop(REASON_MAX_AGE, len(sizes))
-            self._log_drop(state, REASON_MAX_AGE, "dropped", len(sizes))
+        if fresh:
+            state.note_drop(REASON_MAX_AGE, len(fresh))
+            self._log_drop(state, REASON_MAX_AGE, "dropped", len(fresh))
 
     def _check_disk(self) -> None:
         floor = self.config.min_free_disk
@@ -703,6 +809,10 @@ def _commit_call(
     return buffer.commit(
         conn, inserts, gids, deletes, trims, sync=sync, last_seq=last_seq, recorded=recorded
     )
+
+
+def _seq(record: Record) -> int:
+    return record.seq
 
 
 def _overflow(state: GroupState) -> Verdict:
