@@ -40,8 +40,6 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -54,12 +52,12 @@ from store.groups import (
     REASON_DISK_FLOOR,
     REASON_DISK_FULL,
     REASON_MAX_AGE,
-    REASON_STORE_ERROR,
     GroupState,
     GroupTable,
     Verdict,
 )
-from store.paths import db_path, store_dir
+from store.paths import store_dir
+from store.stats import GroupStats, StoreStats, snapshot
 from store.window import Record
 
 log = get_logger("store")
@@ -76,35 +74,6 @@ DROP_LOG_PERIOD = 10.0
 # sequence the hub has already seen.
 MEMORY_RESERVE = 100_000
 REPLY_LIMIT_ERROR = 10077  # JetStream's err_code for a store that refuses a message
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    name: str
-    subjects: tuple[str, ...]
-    durability: str
-    policy: str
-    messages: int
-    bytes: int
-    oldest_ts: int | None  # ms since the epoch, of the oldest message held
-    accepted: int
-    confirmed: int
-    rejected: int
-    dropped: dict[str, int]
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    path: str
-    gateway_id: str
-    next_seq: int
-    groups: tuple[GroupStats, ...]
-    commits: int
-    commit_seconds: float  # total time spent committing
-    bytes_committed: int  # payload bytes inserted
-    behind: bool
-    low_disk: bool
-    last_error: str | None
 
 
 ReplySender = Callable[[bytes, bytes], None]
@@ -766,33 +735,7 @@ class Store:
         return out
 
     def stats(self) -> StoreStats:
-        return StoreStats(
-            path=str(db_path(self.directory)),
-            gateway_id=self.gateway_id,
-            next_seq=self.next_seq,
-            groups=tuple(
-                GroupStats(
-                    name=s.spec.name,
-                    subjects=s.spec.subjects,
-                    durability=s.spec.durability,
-                    policy=s.spec.policy,
-                    messages=s.count,
-                    bytes=s.bytes,
-                    oldest_ts=None,
-                    accepted=s.accepted,
-                    confirmed=s.confirmed,
-                    rejected=s.rejected,
-                    dropped=dict(s.dropped),
-                )
-                for s in self.groups.states
-            ),
-            commits=self.commits,
-            commit_seconds=self.commit_seconds,
-            bytes_committed=self.bytes_committed,
-            behind=self.behind,
-            low_disk=self.low_disk or self.disk_full,
-            last_error=self.last_error,
-        )
+        return snapshot(self)
 
 
 def _commit_call(
@@ -830,4 +773,4 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-__all__ = ["REASON_STORE_ERROR", "Path", "Store", "StoreStats"]
+__all__ = ["GroupStats", "Store", "StoreStats"]
