@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -127,7 +128,11 @@ def spec_conn_keys() -> set[str]:
     return keys
 
 
-needs_spec = pytest.mark.skipif(not SPEC.is_dir(), reason="shared/spec is not beside the repo")
+# A developer's clone may lack shared/ beside it; CI has it, and there the test
+# must run (it fails loudly if the samples are missing).
+needs_spec = pytest.mark.skipif(
+    not SPEC.is_dir() and not os.environ.get("CI"), reason="shared/spec is not beside the repo"
+)
 # The process tests check leafgate's own answers (-m 0, /storez ...).
 leafgate_only = pytest.mark.skipif(
     is_nats_server_command(leafgate_command()), reason="LEAFGATE_CMD runs nats-server"
