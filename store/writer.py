@@ -39,7 +39,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import trio
@@ -73,6 +73,7 @@ DROP_LOG_PERIOD = 10.0
 # written): a crash then skips to past the reservation instead of reusing a
 # sequence the hub has already seen.
 MEMORY_RESERVE = 100_000
+DROPPED_MEMORY = 100_000  # dropped sequences remembered while the link is up
 REPLY_LIMIT_ERROR = 10077  # JetStream's err_code for a store that refuses a message
 
 
@@ -561,7 +562,7 @@ class Store:
             if seq in confirming:
                 continue  # confirmed before or during this commit: counted out then
             if self.link_up:
-                self._dropped_in_flight.add(seq)
+                self._note_dropped_in_flight((seq,))
             index = self._index_of[gid]
             self.groups.states[index].remove(size)
             trimmed[index] = trimmed.get(index, 0) + 1
@@ -699,12 +700,22 @@ class Store:
         confirming = self._confirming
         fresh = [(q, size) for q, size in zip(seqs, sizes, strict=True) if q not in confirming]
         if self.link_up:
-            self._dropped_in_flight.update(q for q, _ in fresh)
+            self._note_dropped_in_flight([q for q, _ in fresh])
         for _, size in fresh:
             state.remove(size)
         if fresh:
             state.note_drop(REASON_MAX_AGE, len(fresh))
             self._log_drop(state, REASON_MAX_AGE, "dropped", len(fresh))
+
+    def _note_dropped_in_flight(self, seqs: Iterable[int]) -> None:
+        """Remember dropped sequences the hub may still confirm. Bounded: past
+        DROPPED_MEMORY entries the set is emptied (the old ones are long out of
+        the window; at worst a group's count ends a little low, by at most a
+        window's worth, and is clamped at zero)."""
+        dropped = self._dropped_in_flight
+        if len(dropped) > DROPPED_MEMORY:
+            dropped.clear()
+        dropped.update(seqs)
 
     def _check_disk(self) -> None:
         floor = self.config.min_free_disk
