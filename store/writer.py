@@ -452,9 +452,15 @@ class Store:
         inserts = [r for r in batch if r.on_disk] + spill
         deletes, self._deletes = self._deletes, []
         last_seq = self.next_seq - 1
-        if self._memory_seq > self._recorded_seq:
+        reserving = self._memory_seq > self._recorded_seq
+        if reserving:
             last_seq = max(last_seq, self._memory_seq + MEMORY_RESERVE)
-        sync = any(self.groups.states[r.group].spec.durability == "fsync" for r in inserts)
+        # A new reservation is fsynced (once per MEMORY_RESERVE memory-mode
+        # messages): lost in a power cut, the next start would reuse sequences
+        # the hub has seen, and the hub would drop new messages as duplicates.
+        sync = reserving or any(
+            self.groups.states[r.group].spec.durability == "fsync" for r in inserts
+        )
         started = time.perf_counter()
         result: buffer.CommitResult | None = None
         failed = False
