@@ -12,7 +12,9 @@ the message, chosen at random (as nats-server does).
 
 from __future__ import annotations
 
-from random import random
+# getrandbits(30) % n: a uniform enough pick among a few members (bias < 1e-8),
+# half the cost of int(random() * n) on the queue-group hot path.
+from random import getrandbits
 from typing import Protocol
 
 from edge.proto.errors import CloseReason
@@ -144,7 +146,7 @@ class Router:
                 sub = None  # the publisher's own subscription, echo off
         elif not plain and len(queues) == 1 and (origin is None or origin.echo):
             members = queues[0][1]
-            sub = members[int(random() * len(members))] if len(members) > 1 else members[0]
+            sub = members[getrandbits(30) % len(members)] if len(members) > 1 else members[0]
         else:
             single = False
         if single:
@@ -196,7 +198,7 @@ class Router:
                     if sub.max_msgs or not client.wake_pending or len(out) > client.stall_mark:
                         client.appended(sub)
             for _queue, members in queues:
-                sub = members[int(random() * len(members))] if len(members) > 1 else members[0]
+                sub = members[getrandbits(30) % len(members)] if len(members) > 1 else members[0]
                 client = sub.client
                 if client.close_reason is None:
                     out = client.out
@@ -210,7 +212,7 @@ class Router:
             for sub in plain:
                 sub.client.deliver(sub, subject, reply, hdr, data)
             for _queue, members in queues:
-                sub = members[int(random() * len(members))] if len(members) > 1 else members[0]
+                sub = members[getrandbits(30) % len(members)] if len(members) > 1 else members[0]
                 sub.client.deliver(sub, subject, reply, hdr, data)
         if self.links or self.store is not None:
             self._forward(origin, subject, reply, hdr, data, queues)
@@ -254,7 +256,7 @@ class Router:
         if queue_names:
             for name, members in queues:
                 if name in queue_names:
-                    sub = members[int(random() * len(members))]
+                    sub = members[getrandbits(30) % len(members)]
                     sub.client.deliver(sub, subject, reply, hdr, data)
 
     @staticmethod
@@ -269,7 +271,7 @@ class Router:
         """Pick a member for a publisher with echo off: never the publisher itself."""
         others = [m for m in members if m.client is not origin]
         if others:
-            sub = others[int(random() * len(others))]
+            sub = others[getrandbits(30) % len(others)]
             sub.client.deliver(sub, subject, reply, hdr, data)
 
     def no_responders(self, origin: Subscriber, subject: bytes, reply: bytes) -> None:
