@@ -12,7 +12,8 @@ ports, stop by PID, bounded waits).
   ``cluster-node.conf`` with ``accounts=True``) and waits until every node has its
   routes and, with JetStream, a meta leader.
 * :class:`TcpProxy` relays TCP to a target port; ``cut()`` drops the link,
-  ``restore()`` brings it back.
+  ``restore()`` brings it back. :class:`ThreadedProxy` runs one on a thread of
+  its own, for asyncio (nats-py) scenarios.
 """
 
 from __future__ import annotations
@@ -588,6 +589,51 @@ class TcpProxy:
                 await self._changed.wait()
             return
         raise TimeoutError(f"TcpProxy: {what or cond} not reached within {timeout} s")
+
+
+class ThreadedProxy:
+    """A TcpProxy running in its own thread with its own Trio loop, for tests whose
+    scenario runs on asyncio (nats-py). cut()/restore() are thread-safe."""
+
+    def __init__(self, target_port: int) -> None:
+        self.proxy = TcpProxy(target_port)
+        self._started = threading.Event()
+        self._scope: trio.CancelScope | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as self._scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.proxy.run)
+                self._started.set()
+                await trio.sleep_forever()
+
+    def __enter__(self) -> ThreadedProxy:
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("proxy did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._scope is not None and self._token is not None:
+            trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(10)
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    @property
+    def accepted(self) -> int:
+        return self.proxy.accepted
+
+    def cut(self) -> None:
+        self.proxy.cut()
+
+    def restore(self) -> None:
+        self.proxy.restore()
 
 
 async def _abort(stream: trio.SocketStream) -> None:

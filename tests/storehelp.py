@@ -9,65 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import trio
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from tests.aio import connect, run
 from tests.harness import ServerProcess, start_leafgate
-from tests.hubs import HubProcess, TcpProxy, start_hub
+from tests.hubs import HubProcess, start_hub
 
 STREAM = "TELEMETRY"
 SUBJECTS = ["telemetry.>"]
-
-
-class ThreadedProxy:
-    """A TcpProxy on its own thread and Trio loop, for asyncio (nats-py) scenarios."""
-
-    def __init__(self, target_port: int) -> None:
-        self.proxy = TcpProxy(target_port)
-        self._started = threading.Event()
-        self._scope: trio.CancelScope | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        with trio.CancelScope() as self._scope:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.proxy.run)
-                self._started.set()
-                await trio.sleep_forever()
-
-    def __enter__(self) -> ThreadedProxy:
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("proxy did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._scope is not None and self._token is not None:
-            trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
-        self._thread.join(10)
-
-    @property
-    def port(self) -> int:
-        return self.proxy.port
-
-    @property
-    def accepted(self) -> int:
-        return self.proxy.accepted
-
-    def cut(self) -> None:
-        self.proxy.cut()
-
-    def restore(self) -> None:
-        self.proxy.restore()
 
 
 def start_js_hub(tmp_path: Path, *, stream: bool = True, **kw: Any) -> HubProcess:

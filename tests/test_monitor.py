@@ -39,8 +39,8 @@ from tests.harness import (
     leafgate_command,
     start_leafgate,
 )
+from tests.hubs import ThreadedProxy
 from tests.storehelp import (
-    ThreadedProxy,
     publish_many,
     start_js_hub,
     store_toml,

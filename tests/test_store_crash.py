@@ -22,9 +22,8 @@ import pytest
 from hub.tool import main as hub_main
 from tests.aio import connect, run
 from tests.harness import ServerProcess
-from tests.hubs import HubProcess
+from tests.hubs import HubProcess, ThreadedProxy
 from tests.storehelp import (
-    ThreadedProxy,
     edge_seqs,
     log_events,
     read_stream,

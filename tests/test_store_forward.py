@@ -20,9 +20,8 @@ from nats.aio.msg import Msg
 
 from tests.aio import connect, run, settle, wait_until
 from tests.harness import ServerProcess
-from tests.hubs import start_hub
+from tests.hubs import ThreadedProxy, start_hub
 from tests.storehelp import (
-    ThreadedProxy,
     edge_seqs,
     log_events,
     publish_many,

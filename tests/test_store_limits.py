@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.aio import connect, errors_of, run, settle, wait_until
+from tests.hubs import ThreadedProxy
 from tests.storehelp import (
-    ThreadedProxy,
     log_events,
     publish_many,
     read_stream,
