@@ -138,28 +138,23 @@ def _tls_table(handlers: Mapping[str, _Handler]) -> _Handler:
     return handle
 
 
-def _remotes(builder: _Builder, key: str, value: object) -> None:
-    if not isinstance(value, list):
-        raise _Invalid(f"expected an array of tables ([[{key}]]), got {_show(value)}")
-    for i, item in enumerate(value):
-        item_key = f"{key}[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(item_key, f"expected a table, got {_show(item)}")
-        remote = _Builder(_REMOTE, _TLS)
-        _walk(remote, item, _REMOTE_KEYS, prefix=item_key + ".")
-        builder.remotes.append((item_key, remote))
+def _table_array(sections: tuple[str, ...], keys: Mapping[str, _Handler], into: str) -> _Handler:
+    """A handler for an array of tables (``[[leafnodes.remotes]]``,
+    ``[[store.forward]]``): one builder per entry, kept with its key
+    ("leafnodes.remotes[0]") in the builder list named *into*."""
 
+    def handle(builder: _Builder, key: str, value: object) -> None:
+        if not isinstance(value, list):
+            raise _Invalid(f"expected an array of tables ([[{key}]]), got {_show(value)}")
+        for i, item in enumerate(value):
+            item_key = f"{key}[{i}]"
+            if not isinstance(item, dict):
+                raise ConfigError(item_key, f"expected a table, got {_show(item)}")
+            entry = _Builder(*sections)
+            _walk(entry, item, keys, prefix=item_key + ".")
+            getattr(builder, into).append((item_key, entry))
 
-def _forward_groups(builder: _Builder, key: str, value: object) -> None:
-    if not isinstance(value, list):
-        raise _Invalid(f"expected an array of tables ([[{key}]]), got {_show(value)}")
-    for i, item in enumerate(value):
-        item_key = f"{key}[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(item_key, f"expected a table, got {_show(item)}")
-        group = _Builder(_GROUP)
-        _walk(group, item, _FORWARD_KEYS, prefix=item_key + ".")
-        builder.groups.append((item_key, group))
+    return handle
 
 
 def _walk(
@@ -247,13 +242,13 @@ _STORE_KEYS: dict[str, _Handler] = {
     "max_inflight": _setting(_STORE, "max_inflight", _to_int),
     "ack_timeout": _setting(_STORE, "ack_timeout", parse_duration),
     "jetstream_domain": _setting(_STORE, "jetstream_domain", _to_str),
-    "forward": _forward_groups,
+    "forward": _table_array((_GROUP,), _FORWARD_KEYS, "groups"),
 }
 
 _LEAFNODES_KEYS: dict[str, _Handler] = {
     # The reconnect delay of every remote that does not set its own.
     "reconnect": _setting(_LEAF, "reconnect_delay", parse_duration),
-    "remotes": _remotes,
+    "remotes": _table_array((_REMOTE, _TLS), _REMOTE_KEYS, "remotes"),
 }
 
 # Top-level keys. To support a new table (store, mqtt, serial, accounts): add
