@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge.monitor_json import GLOBAL_ACCOUNT, Body, rfc3339
+from store.stats import GroupStats
 
 __all__ = [
     "ForwarderSnap",
-    "GroupSnap",
     "HealthSnap",
     "LinkSnap",
     "StoreSnap",
@@ -160,28 +160,13 @@ def _health_error(h: HealthSnap, ready: bool) -> str | None:
 
 
 @dataclass(frozen=True)
-class GroupSnap:
-    name: str
-    subjects: tuple[str, ...]
-    durability: str
-    policy: str
-    messages: int
-    bytes: int
-    oldest_ms: int | None  # publish time of the oldest message held on disk
-    accepted: int
-    confirmed: int
-    rejected: int
-    dropped: tuple[tuple[str, int], ...]
-
-
-@dataclass(frozen=True)
 class StoreSnap:
     gateway_id: str
     path: str
     db_bytes: int | None
     wal_bytes: int | None
     next_seq: int
-    groups: tuple[GroupSnap, ...]
+    groups: tuple[GroupStats, ...]  # oldest_ts filled in when the writer answered
     commits: int
     commit_seconds: float
     bytes_committed: int
@@ -235,8 +220,8 @@ def storez(server_id: str, now_ns: int, s: StoreSnap | None) -> Body:
     return body
 
 
-def _group(g: GroupSnap, now_ns: int) -> Body:
-    age = None if g.oldest_ms is None else max(0.0, (now_ns // 1_000_000 - g.oldest_ms) / 1000)
+def _group(g: GroupStats, now_ns: int) -> Body:
+    age = None if g.oldest_ts is None else max(0.0, (now_ns // 1_000_000 - g.oldest_ts) / 1000)
     return {
         "name": g.name,
         "subjects": list(g.subjects),

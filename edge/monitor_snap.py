@@ -17,13 +17,13 @@ import os
 import platform
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import trio
 
 from edge.config import parse_leaf_url
-from edge.monitor_edge import ForwarderSnap, GroupSnap, HealthSnap, LinkSnap, StoreSnap
+from edge.monitor_edge import ForwarderSnap, HealthSnap, LinkSnap, StoreSnap
 from edge.monitor_json import ConnSnap, RemoteSnap, SublistSnap, SubSnap, VarzSnap
 from edge.server import PROTOCOL_VERSION, leafgate_version
 
@@ -316,20 +316,7 @@ async def store_snap(server: Server) -> StoreSnap | None:
         wal_bytes=_size(stats.path + "-wal"),
         next_seq=stats.next_seq,
         groups=tuple(
-            GroupSnap(
-                name=g.name,
-                subjects=g.subjects,
-                durability=g.durability,
-                policy=g.policy,
-                messages=g.messages,
-                bytes=g.bytes,
-                oldest_ms=oldest.get(g.name) if g.messages else None,
-                accepted=g.accepted,
-                confirmed=g.confirmed,
-                rejected=g.rejected,
-                dropped=tuple(sorted(g.dropped.items())),
-            )
-            for g in stats.groups
+            replace(g, oldest_ts=oldest.get(g.name) if g.messages else None) for g in stats.groups
         ),
         commits=stats.commits,
         commit_seconds=stats.commit_seconds,

@@ -19,11 +19,11 @@ class GroupStats:
     policy: str
     messages: int
     bytes: int
-    oldest_ts: int | None  # ms since the epoch, of the oldest message held
+    oldest_ts: int | None  # ms since the epoch, of the oldest message held (see Store.oldest)
     accepted: int
     confirmed: int
     rejected: int
-    dropped: dict[str, int]
+    dropped: tuple[tuple[str, int], ...]  # (reason, messages), by reason
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def snapshot(store: Store) -> StoreStats:
                 accepted=s.accepted,
                 confirmed=s.confirmed,
                 rejected=s.rejected,
-                dropped=dict(s.dropped),
+                dropped=tuple(sorted(s.dropped.items())),
             )
             for s in store.groups.states
         ),

@@ -31,6 +31,7 @@ from edge import monitor_edge as me
 from edge import monitor_json as mj
 from edge.config import ServerConfig
 from edge.server import open_server
+from store.stats import GroupStats
 from tests.aio import connect, run, settle
 from tests.harness import (
     RawClient,
@@ -387,14 +388,14 @@ def test_leafz_and_healthz_rules() -> None:
 
 
 def test_storez_body() -> None:
-    group = me.GroupSnap(
+    group = GroupStats(
         name="default",
         subjects=("telemetry.>",),
         durability="fsync",
         policy="drop_oldest",
         messages=2,
         bytes=40,
-        oldest_ms=9_000,
+        oldest_ts=9_000,
         accepted=5,
         confirmed=3,
         rejected=0,
@@ -422,7 +423,7 @@ def test_storez_body() -> None:
     assert body["groups"][0]["dropped"] == {"max_msgs": 1}
     assert body["groups"][0]["dropped_total"] == 1
     assert body["forwarder"]["acked"] == 3 and body["link"]["up"] is False
-    empty = me.storez("N", 10 * mj.NS, replace(snap, groups=(replace(group, oldest_ms=None),)))
+    empty = me.storez("N", 10 * mj.NS, replace(snap, groups=(replace(group, oldest_ts=None),)))
     assert empty["groups"][0]["oldest_age_seconds"] is None
     assert me.storez("N", 0, None) == {"server_id": "N", "now": mj.rfc3339(0), "enabled": False}
 
