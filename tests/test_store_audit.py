@@ -1,265 +1,41 @@
-"""Adversarial tests of the store-and-forward path, in process: a real Store on
-SQLite in tmp_path, the real Forwarder, and a fake hub behind the LinkPort
-protocol (store.forward.LinkPort) whose acks, PONGs and lookup answers the test
-controls. The promise under test: every accepted message reaches the hub once
-and in order per subject, the group counts match what is held, and nothing
-hangs, whatever happens to the link.
+"""Adversarial tests of the store-and-forward path (tests.storefakes): each one
+failed before the fix it came with. The promise under test: every accepted
+message reaches the hub once and in order per subject, the group counts match
+what is held, and nothing hangs, whatever happens to the link.
 """
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from edge.config import ForwardGroup, StoreConfig
-from edge.proto.leafproto import LeafParser, LMsg
 from store import buffer, db
 from store import forward as forward_mod
-from store.forward import Forwarder
 from store.groups import REASON_MAX_MSGS
-from store.paths import DB_NAME
 from store.window import Confirm
 from store.writer import Store
-
-INBOX = b"_INBOX.audit."
-PUBACK = b'{"stream":"TELEMETRY","seq":1}'
-
-
-# ---- harness -------------------------------------------------------------------------
-
-
-def group(subjects: str = "telemetry.>", **kw: Any) -> ForwardGroup:
-    kw.setdefault("name", "default")
-    return ForwardGroup(subjects=tuple(subjects.split(",")), **kw)
-
-
-def make_store(tmp_path: Path, *groups: ForwardGroup, **cfg: Any) -> Store:
-    cfg.setdefault("min_free_disk", 0)
-    cfg.setdefault("gateway_id", "gw")
-    config = StoreConfig(dir=str(tmp_path / "store"), groups=groups or (group(),), **cfg)
-    return Store(config)
-
-
-@asynccontextmanager
-async def running(store: Store) -> AsyncIterator[trio.Nursery]:
-    """The store running in a nursery of its own; closed (gracefully) on exit."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        yield nursery
-        nursery.cancel_scope.cancel()
-
-
-def accept(store: Store, subject: str, data: bytes = b"x", reply: bytes = b"") -> None:
-    s = subject.encode()
-    store.accept(object(), store.classify(s), s, reply, 0, data)
-
-
-def rows(store: Store) -> list[tuple[int, str]]:
-    conn = sqlite3.connect(store.directory / DB_NAME)
-    with closing(conn):
-        return [
-            (int(seq), bytes(subj).decode())
-            for seq, subj in conn.execute("SELECT seq, subject FROM messages ORDER BY seq")
-        ]
-
-
-def held(store: Store) -> dict[str, tuple[int, int]]:
-    """Group name -> (messages, bytes) as the store's counters say."""
-    return {s.spec.name: (s.count, s.bytes) for s in store.groups.states}
-
-
-def on_disk_totals(store: Store) -> dict[str, tuple[int, int]]:
-    conn = sqlite3.connect(store.directory / DB_NAME)
-    with closing(conn):
-        names = dict(conn.execute("SELECT id, name FROM groups").fetchall())
-        got = {str(name): (0, 0) for name in names.values()}
-        for gid, (n, b) in buffer.totals(conn).items():
-            got[str(names[gid])] = (n, b)
-    return got
-
-
-def kill_image(store: Store, target: Path) -> Path:
-    """The store's files as a kill -9 would leave them (copied while it runs)."""
-    target.mkdir(parents=True)
-    src = store.directory / DB_NAME
-    for suffix in ("", "-wal", "-shm"):
-        part = Path(str(src) + suffix)
-        if part.exists():
-            shutil.copyfile(part, Path(str(target / DB_NAME) + suffix))
-    return target
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 3.0, what: str = "") -> None:
-    with trio.fail_after(timeout):
-        while not cond():
-            await trio.sleep(0.005)
-
-
-class FakeHub:
-    """The hub as the forwarder sees it, across link sessions.
-
-    ``streams``: stream name -> subject filters (a JetStream hub); a message on a
-    stream subject is stored once per Nats-Msg-Id (the duplicate window) and
-    PubAck'ed after ``ack_delay``; every message is also "delivered" (what the
-    hub's core subscribers would see). PINGs are answered after ``pong_delay``.
-    """
-
-    def __init__(
-        self,
-        *,
-        jetstream: bool = True,
-        streams: dict[str, tuple[str, ...]] | None = None,
-        ack_delay: float = 0.0,
-        pong_delay: float = 0.0,
-        lookup_delay: float = 0.0,
-        ack: bool = True,
-    ) -> None:
-        self.jetstream = jetstream
-        self.streams = {"TELEMETRY": ("telemetry.>",)} if streams is None else streams
-        self.ack_delay = ack_delay
-        self.pong_delay = pong_delay
-        self.lookup_delay = lookup_delay
-        self.ack = ack
-        self.delivered: list[tuple[str, int]] = []  # (subject, gateway seq), arrival order
-        self.stored: list[tuple[str, int]] = []  # the stream: first copy of each msg id
-        self._ids: set[int] = set()
-        self.lookups: list[str] = []
-
-    def in_stream(self, subject: str) -> bool:
-        from edge.subjects import matches
-
-        return any(
-            matches(f.encode(), subject.encode()) for fs in self.streams.values() for f in fs
-        )
-
-    def streams_for(self, flt: str) -> list[str]:
-        from edge.subjects import matches
-
-        out = []
-        for name, fs in self.streams.items():
-            # STREAM.NAMES with a subject filter: streams whose subjects collide.
-            if any(
-                matches(f.encode(), flt.encode()) or matches(flt.encode(), f.encode()) for f in fs
-            ):
-                out.append(name)
-        return out
-
-
-class FakeLink:
-    """One link session to a FakeHub (store.forward.LinkPort)."""
-
-    def __init__(self, hub: FakeHub, fwd: Forwarder, nursery: trio.Nursery) -> None:
-        self.hub = hub
-        self.fwd = fwd
-        self.nursery = nursery
-        self.out = bytearray()
-        self.up = True
-        self.parser = LeafParser(64 * 1024 * 1024)
-        self.sent: list[tuple[str, int]] = []
-        self.pings: list[int] = []
-        self.allowed: Callable[[bytes], bool] = lambda _s: True
-
-    # LinkPort
-    def send(self, data: bytes) -> None:
-        for event in self.parser.feed(data):
-            if type(event) is LMsg:
-                self._on_msg(event)
-
-    def send_marked_ping(self, mark: int) -> None:
-        self.pings.append(mark)
-        self.nursery.start_soon(self._later, self.hub.pong_delay, self.fwd.on_pong, mark)
-
-    def route(self, subject: bytes) -> tuple[bytes, ...] | None:
-        return ()
-
-    def may_send(self, subject: bytes) -> bool:
-        return self.allowed(subject)
-
-    def hub_jetstream(self) -> tuple[bool, str | None]:
-        return self.hub.jetstream, None
-
-    async def wait_up(self) -> None:
-        return
-
-    async def wait_drained(self) -> None:
-        await trio.sleep(0)
-
-    # the hub's side
-    def _on_msg(self, msg: LMsg) -> None:
-        subject = msg.subject.decode()
-        if subject.endswith(".STREAM.NAMES"):
-            import json
-
-            flt = json.loads(msg.data)["subject"]
-            self.hub.lookups.append(flt)
-            answer = json.dumps({"streams": self.hub.streams_for(flt) or None}).encode()
-            self.nursery.start_soon(
-                self._later, self.hub.lookup_delay, self.fwd.on_reply, msg.reply, answer
-            )
-            return
-        seq = int(msg.reply.rpartition(b".")[2])
-        self.sent.append((subject, seq))
-        self.hub.delivered.append((subject, seq))
-        if self.hub.jetstream and self.hub.in_stream(subject):
-            if seq not in self.hub._ids:
-                self.hub._ids.add(seq)
-                self.hub.stored.append((subject, seq))
-            if self.hub.ack:
-                self.nursery.start_soon(
-                    self._later, self.hub.ack_delay, self.fwd.on_reply, msg.reply, PUBACK
-                )
-
-    async def _later(self, delay: float, fn: Callable[..., None], *args: object) -> None:
-        if delay:
-            await trio.sleep(delay)
-        else:
-            await trio.sleep(0)
-        fn(*args)
-
-
-class Session:
-    """Runs the forwarder over one FakeLink until ``cut()``."""
-
-    def __init__(self, hub: FakeHub, fwd: Forwarder) -> None:
-        self.hub = hub
-        self.fwd = fwd
-        self.link: FakeLink | None = None
-        self._scope: trio.CancelScope | None = None
-        self._done = trio.Event()
-
-    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
-                self.link = FakeLink(self.hub, self.fwd, nursery)
-                task_status.started()
-                await self.fwd.run(self.link)
-        finally:
-            self._done.set()
-
-    async def cut(self) -> None:
-        assert self._scope is not None
-        self._scope.cancel()
-        await self._done.wait()
-
-
-async def session(nursery: trio.Nursery, hub: FakeHub, fwd: Forwarder) -> Session:
-    s = Session(hub, fwd)
-    await nursery.start(s._run)
-    return s
-
-
-def forwarder(store: Store) -> Forwarder:
-    return Forwarder(store, INBOX)
-
+from tests.storefakes import (
+    INBOX,
+    PUBACK,
+    FakeHub,
+    accept,
+    bare_uplink,
+    forwarder,
+    group,
+    held,
+    kill_image,
+    make_store,
+    on_disk_totals,
+    rows,
+    running,
+    session,
+    wait_for,
+)
 
 # ---- baseline: the harness works ------------------------------------------------------
 
@@ -763,22 +539,6 @@ async def test_a_memory_record_the_hub_denies_is_kept_not_lost(tmp_path: Path) -
 # ---- the uplink's output buffer: the forwarder's flow control ----------------------------------
 
 
-def _bare_uplink() -> Any:
-    from types import SimpleNamespace
-
-    from edge.config import RemoteConfig
-    from edge.uplink import Uplink
-
-    server: Any = SimpleNamespace(
-        router=SimpleNamespace(links=[]),
-        server_id="NTEST",
-        config=SimpleNamespace(server_name="edge", max_payload=1024 * 1024),
-        version="0",
-        store=None,
-    )
-    return Uplink(server, RemoteConfig(urls=("nats-leaf://127.0.0.1:7422",)))
-
-
 class _SlowStream:
     """A link that takes 5 ms per send (a slow radio link)."""
 
@@ -796,7 +556,7 @@ async def test_the_forwarder_is_not_held_back_for_ever_by_live_traffic() -> None
     *empty* right after a send. Live traffic to the hub on other subjects that
     keeps adding to the buffer during each send means it is never empty then:
     the store's forwarding stops while the live traffic lasts."""
-    uplink = _bare_uplink()
+    uplink = bare_uplink()
     stream = _SlowStream()
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -891,206 +651,3 @@ async def test_a_full_disk_shows_in_last_error(tmp_path: Path) -> None:
         await _fill_until_full(store, "telemetry")
         error = store.stats().last_error
     assert error is not None and "full" in error
-
-
-# ---- properties that hold (suspicions checked and ruled out) ----------------------------------
-
-
-def _assert_once_in_order(hub: FakeHub, n: int) -> None:
-    seqs = [q for _, q in hub.stored]
-    assert sorted(seqs) == list(range(1, n + 1)), "the stream does not hold each message once"
-    per_subject: dict[str, list[int]] = {}
-    for subject, q in hub.stored:
-        per_subject.setdefault(subject, []).append(q)
-    for subject, qs in per_subject.items():
-        assert qs == sorted(qs), f"order not kept on {subject}"
-
-
-async def test_random_link_cuts_with_disk_and_memory_groups_lose_and_duplicate_nothing(
-    tmp_path: Path, monkeypatch: Any
-) -> None:
-    """Link cuts at random moments (mid read-back, mid barrier, with acks in
-    flight), a small window and a small feed (so ``behind`` flips under load),
-    fsync and memory groups: the stream holds every message once, in order per
-    subject, and the store ends empty with its counters at zero."""
-    import random
-
-    import store.writer as writer_mod
-
-    monkeypatch.setattr(writer_mod, "FEED_MAX", 4000)
-    rng = random.Random(7)
-    store = make_store(
-        tmp_path,
-        group("telemetry.disk.>", name="disk"),
-        group("telemetry.mem.>", name="mem", durability="memory"),
-        max_inflight=16,
-    )
-    hub = FakeHub(ack_delay=0.002)
-    n = 0
-    async with running(store) as nursery:
-        fwd = forwarder(store)
-        stop = trio.Event()
-
-        async def publisher() -> None:
-            nonlocal n
-            while not stop.is_set():
-                for _ in range(rng.randint(1, 40)):
-                    kind = "mem" if rng.random() < 0.5 else "disk"
-                    subject = f"telemetry.{kind}.{rng.randint(0, 3)}"
-                    accept(store, subject, b"p" * rng.randint(1, 200))
-                    n += 1
-                await trio.sleep(rng.uniform(0, 0.01))
-
-        nursery.start_soon(publisher)
-        for _ in range(12):
-            s = await session(nursery, hub, fwd)
-            await trio.sleep(rng.uniform(0.0, 0.12))
-            await s.cut()
-            await trio.sleep(rng.uniform(0.0, 0.03))
-        stop.set()
-        s = await session(nursery, hub, fwd)
-        await wait_for(lambda: len(hub.stored) == n and not len(fwd.window), timeout=10)
-        await wait_for(lambda: rows(store) == [] and not store._deletes, timeout=5)
-        counted = held(store)
-        await s.cut()
-    _assert_once_in_order(hub, n)
-    assert counted == {"disk": (0, 0), "mem": (0, 0)}
-    assert sum(g.confirmed for g in store.groups.states) == n  # none confirmed twice
-
-
-async def test_late_pub_acks_of_a_previous_link_confirm_on_the_next(tmp_path: Path) -> None:
-    """The inbox is the same on every link: a PubAck the hub sends after the link
-    it came for is gone can arrive on the next one. It names a gateway sequence
-    the hub holds, so confirming it there (if that record is in flight again) is
-    right, and ignoring it (if not) costs only a resend."""
-    store = make_store(tmp_path)
-    hub = FakeHub(ack=False)
-    async with running(store) as nursery:
-        for i in range(10):
-            accept(store, f"telemetry.{i}")
-        fwd = forwarder(store)
-        s1 = await session(nursery, hub, fwd)
-        await wait_for(lambda: len(fwd.window) == 10)
-        await s1.cut()  # the PubAcks for 1..10 are still on their way
-        s2 = await session(nursery, hub, fwd)
-        await wait_for(lambda: len(fwd.window) == 10)
-        for seq in (3, 1, 2, 3, 10, 10):  # late, out of order, twice
-            fwd.on_reply(INBOX + b"%d" % seq, PUBACK)
-        assert sorted(r.seq for r in fwd.window.records()) == [4, 5, 6, 7, 8, 9]
-        for seq in range(4, 10):  # this link's own PubAcks
-            fwd.on_reply(INBOX + b"%d" % seq, PUBACK)
-        await wait_for(lambda: rows(store) == [])
-        await s2.cut()
-    assert held(store) == {"default": (0, 0)}
-    assert store.groups.states[0].confirmed == 10
-
-
-async def test_a_graceful_stop_writes_memory_records_wherever_they_are(tmp_path: Path) -> None:
-    """Memory-mode records in the window (sent, unconfirmed), in the feed and in
-    ``pending`` at a stop: the forwarder hands the window back, the close spills
-    the feed and commits pending. All are on disk, in order, and the recorded
-    last sequence is exact (no gap, no reuse)."""
-    store = make_store(tmp_path, group(durability="memory"), max_inflight=5)
-    hub = FakeHub(ack=False)
-    async with running(store) as nursery:
-        fwd = forwarder(store)
-        s = await session(nursery, hub, fwd)
-        await wait_for(lambda: store.link_up and not store.behind)
-        for i in range(12):
-            accept(store, f"telemetry.{i}")
-        await wait_for(lambda: len(fwd.window) == 5 and len(store.feed) == 7)
-        for i in range(12, 15):
-            accept(store, f"telemetry.{i}")  # pending at the stop
-        await s.cut()
-    assert [seq for seq, _ in rows(store)] == list(range(1, 16))
-    conn, report = db.open_store(store.directory)
-    conn.close()
-    assert report.next_seq == 16
-
-
-async def test_a_kill_image_never_restarts_below_a_memory_record_sent(tmp_path: Path) -> None:
-    """Memory-mode records go up without being written; the sequences reserved
-    ahead for them (with the commit of their batch) put a restart after a kill
-    -9 past every one the hub may have seen."""
-    store = make_store(tmp_path, group(durability="memory"))
-    hub = FakeHub(ack=False)
-    async with running(store) as nursery:
-        fwd = forwarder(store)
-        s = await session(nursery, hub, fwd)
-        await wait_for(lambda: store.link_up and not store.behind)
-        for i in range(20):
-            accept(store, f"telemetry.{i}")
-        await wait_for(lambda: len(hub.delivered) == 20)
-        assert rows(store) == []
-        image = kill_image(store, tmp_path / "image")
-        await s.cut()
-    conn, report = db.open_store(image)
-    conn.close()
-    assert report.next_seq > 20
-
-
-async def test_a_stop_right_after_a_burst_commits_it_at_close(tmp_path: Path) -> None:
-    """The store is cancelled while batches are pending and one may be waiting
-    for the worker thread: everything accepted is written at close."""
-    store = make_store(tmp_path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        for i in range(2000):
-            accept(store, f"telemetry.{i % 7}")
-            if i % 100 == 0:
-                await trio.sleep(0)
-        nursery.cancel_scope.cancel()
-    assert [seq for seq, _ in rows(store)] == list(range(1, 2001))
-
-
-async def test_a_subject_in_two_groups_belongs_to_the_first_and_is_counted_there(
-    tmp_path: Path,
-) -> None:
-    """Overlapping groups with different confirm modes: a subject is stored,
-    counted and confirmed in the first group that matches it only."""
-    store = make_store(
-        tmp_path,
-        group("telemetry.a.>", name="a", confirm="link"),
-        group("telemetry.>", name="b", confirm="jetstream"),
-    )
-    hub = FakeHub(pong_delay=0.005)
-    async with running(store) as nursery:
-        fwd = forwarder(store)
-        s = await session(nursery, hub, fwd)
-        await wait_for(lambda: store.link_up)
-        for i in range(10):
-            accept(store, "telemetry.a.x" if i % 2 else "telemetry.b.x")
-        assert held(store)["a"][0] == 5 and held(store)["b"][0] == 5
-        await wait_for(lambda: held(store) == {"a": (0, 0), "b": (0, 0)} and not len(fwd.window))
-        await s.cut()
-    assert s.link is not None and s.link.pings  # a's were confirmed by PING/PONG
-    assert [g.confirmed for g in store.groups.states] == [5, 5]
-
-
-def test_marked_pings_and_keepalives_stay_aligned_with_their_pongs() -> None:
-    """Keep-alive PINGs (-1) and the forwarder's marked PINGs share one deque in
-    the order they are written; each PONG pops the oldest, so a mark is only
-    ever confirmed by the PONG of its own PING."""
-    from edge.proto.events import Pong
-
-    uplink = _bare_uplink()
-    got: list[int] = []
-    uplink.forwarder = type("F", (), {"on_pong": lambda self, mark: got.append(mark)})()
-    uplink.up = True
-    uplink._ping_marks.clear()
-    uplink._ping_marks.append(-1)  # the opening burst's PING
-    uplink.send_marked_ping(5)
-    uplink._ping_marks.append(-1)  # a keep-alive, as _pinger writes it
-    uplink._send(b"PING\r\n")
-    uplink.send_marked_ping(9)
-    assert bytes(uplink.out).count(b"PING\r\n") == 3
-    uplink._on_control(Pong())
-    assert got == []
-    uplink._on_control(Pong())
-    assert got == [5]
-    uplink._on_control(Pong())
-    assert got == [5]
-    uplink._on_control(Pong())
-    assert got == [5, 9]
-    uplink._on_control(Pong())  # an unexpected PONG confirms nothing
-    assert got == [5, 9]
