@@ -13,11 +13,14 @@ failed; the server log tail is attached to the report of a failed test.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Generator, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from store import db
 from tests.harness import (
     Config,
     HarnessError,
@@ -147,3 +150,12 @@ def pytest_runtest_makereport(
             if factory.started:
                 rep.sections.append((f"{factory.impl} logs", factory.log_report()))
     return rep
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, db.OpenReport]]:
+    """A fresh SQLite store (connection and open report) for the store.db and
+    store.buffer tests; modules with a ``store`` fixture of their own keep theirs."""
+    conn, report = db.open_store(tmp_path / "state", hostname="edge")
+    with closing(conn):
+        yield conn, report
