@@ -32,9 +32,10 @@ from .common import (
 from .leafcases import LEAF_RUNNERS
 from .report import SideResult, report, run_summary
 from .servers import start_server, stop_server
-from .storecases import DEFAULT_BACKLOG, DEFAULT_BYTES_MSGS, NOTES, STORE_RUNNERS
-from .storecases import configure as configure_store
+from .storecases import STORE_RUNNERS
 from .storecases import summary as store_summary
+from .storeside import DEFAULT_BACKLOG, DEFAULT_BYTES_MSGS, NOTES
+from .storeside import configure as configure_store
 
 RUNNERS: dict[str, Runner] = {**CLIENT_RUNNERS, **LEAF_RUNNERS, **STORE_RUNNERS}
 
