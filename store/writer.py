@@ -451,10 +451,8 @@ class Store:
             rec.on_disk = True
         inserts = [r for r in batch if r.on_disk] + spill
         deletes, self._deletes = self._deletes, []
-        last_seq = self.next_seq - 1
         reserving = self._memory_seq > self._recorded_seq
-        if reserving:
-            last_seq = max(last_seq, self._memory_seq + MEMORY_RESERVE)
+        last_seq = self._last_seq()
         # A new reservation is fsynced (once per MEMORY_RESERVE memory-mode
         # messages): lost in a power cut, the next start would reuse sequences
         # the hub has seen, and the hub would drop new messages as duplicates.
@@ -465,17 +463,8 @@ class Store:
         result: buffer.CommitResult | None = None
         failed = False
         try:
-            result = await trio.to_thread.run_sync(
-                _commit_call,
-                self.conn,
-                inserts,
-                self._gids,
-                deletes,
-                self._trims(),
-                sync,
-                last_seq,
-                self._recorded_seq,
-                limiter=self._limiter,
+            result = await self._commit(
+                inserts, deletes, self._trims(), sync=sync, last_seq=last_seq
             )
         except sqlite3.Error as exc:
             failed = True
@@ -498,23 +487,10 @@ class Store:
         space): they make room, and must not fail with inserts that do not fit."""
         self._split_deletes = False
         deletes, self._deletes = self._deletes, []
-        last_seq = self.next_seq - 1
-        if self._memory_seq > self._recorded_seq:
-            last_seq = max(last_seq, self._memory_seq + MEMORY_RESERVE)
+        last_seq = self._last_seq()
         result: buffer.CommitResult | None = None
         try:
-            result = await trio.to_thread.run_sync(
-                _commit_call,
-                self.conn,
-                [],
-                self._gids,
-                deletes,
-                [],
-                False,
-                last_seq,
-                self._recorded_seq,
-                limiter=self._limiter,
-            )
+            result = await self._commit([], deletes, [], sync=False, last_seq=last_seq)
         except sqlite3.Error as exc:
             self.last_error = str(exc)
         finally:
@@ -522,6 +498,28 @@ class Store:
                 self._deletes[:0] = deletes
         if result is not None:
             self._after_commit([], result, last_seq, deletes)
+
+    def _last_seq(self) -> int:
+        """The sequence to record as used: the highest handed out, or past the
+        reservation made for memory-mode records (their rows may never exist)."""
+        last = self.next_seq - 1
+        if self._memory_seq > self._recorded_seq:
+            last = max(last, self._memory_seq + MEMORY_RESERVE)
+        return last
+
+    async def _commit(
+        self,
+        inserts: list[Record],
+        deletes: list[int],
+        trims: list[Trim],
+        *,
+        sync: bool,
+        last_seq: int,
+    ) -> buffer.CommitResult:
+        commit = functools.partial(
+            buffer.commit, sync=sync, last_seq=last_seq, recorded=self._recorded_seq
+        )
+        return await self._in_thread(commit, inserts, self._gids, deletes, trims)
 
     def _put_back(self, batch: list[Record], spill: list[Record], deletes: list[int]) -> None:
         self.pending[:0] = batch
@@ -684,9 +682,7 @@ class Store:
 
     async def _expire(self, state: GroupState) -> None:
         cutoff = _now_ms() - int(state.spec.max_age * 1000)
-        last_seq = self.next_seq - 1
-        if self._memory_seq > self._recorded_seq:
-            last_seq = max(last_seq, self._memory_seq + MEMORY_RESERVE)
+        last_seq = self._last_seq()
         recorded = self._recorded_seq
         try:
             seqs: list[int] = []
@@ -753,22 +749,6 @@ class Store:
 
     def stats(self) -> StoreStats:
         return snapshot(self)
-
-
-def _commit_call(
-    conn: sqlite3.Connection | None,
-    inserts: list[Record],
-    gids: list[int],
-    deletes: list[int],
-    trims: list[Trim],
-    sync: bool,
-    last_seq: int,
-    recorded: int,
-) -> buffer.CommitResult:
-    assert conn is not None
-    return buffer.commit(
-        conn, inserts, gids, deletes, trims, sync=sync, last_seq=last_seq, recorded=recorded
-    )
 
 
 def _seq(record: Record) -> int:
