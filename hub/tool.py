@@ -684,12 +684,7 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
     start.set_defaults(func=cmd_start)
 
     prov = sub.add_parser("provision", help="create or update the telemetry stream")
-    prov.add_argument("--server", required=True, help="nats://host:port of a hub node")
-    prov.add_argument("--user")
-    prov.add_argument("--password")
-    prov.add_argument("--creds", help="credentials file (JWT auth)")
-    prov.add_argument("--domain", help="JetStream domain to address (when going through a leaf)")
-    prov.add_argument("--stream", help="stream name (default TELEMETRY)")
+    _add_hub_client_args(prov)
     prov.add_argument(
         "--subjects",
         action="append",
@@ -714,12 +709,7 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
             "2 usage or connection error."
         ),
     )
-    led.add_argument("--server", required=True, help="nats://host:port of a hub node")
-    led.add_argument("--user")
-    led.add_argument("--password")
-    led.add_argument("--creds", help="credentials file (JWT auth)")
-    led.add_argument("--domain", help="JetStream domain to address (when going through a leaf)")
-    led.add_argument("--stream", help="stream name (default TELEMETRY)")
+    _add_hub_client_args(led)
     led.add_argument("--subject", help="read only this subject filter (default: all)")
     led.add_argument("--gateway", help="report only this gateway id")
     led.add_argument(
@@ -752,6 +742,16 @@ def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
     group.add_argument("--path", choices=list(CONF_FILES), help="print the file's path")
     conf.set_defaults(func=cmd_config)
     return parser
+
+
+def _add_hub_client_args(parser: argparse.ArgumentParser) -> None:
+    """How a command reaches the hub's stream as a NATS client (provision, ledger)."""
+    parser.add_argument("--server", required=True, help="nats://host:port of a hub node")
+    parser.add_argument("--user")
+    parser.add_argument("--password")
+    parser.add_argument("--creds", help="credentials file (JWT auth)")
+    parser.add_argument("--domain", help="JetStream domain to address (when going through a leaf)")
+    parser.add_argument("--stream", help="stream name (default TELEMETRY)")
 
 
 def main(argv: list[str], *, prog: str = DEFAULT_PROG) -> int:
