@@ -198,6 +198,19 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class BridgesConfig:
+    """``[[bridges.mqtt]]`` and ``[[bridges.serial]]`` entries (parsed by bridges.config)."""
+
+    # MqttBridgeConfig and SerialPortConfig entries, in file order.
+    mqtt: tuple[Any, ...] = ()
+    serial: tuple[Any, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mqtt or self.serial)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT  # 0 or -1: a port chosen by the OS
@@ -222,6 +235,7 @@ class ServerConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     leafnodes: LeafnodesConfig = field(default_factory=LeafnodesConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    bridges: BridgesConfig = field(default_factory=BridgesConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Files written at start, as nats-server does (--ports_file_dir, -P/--pid).
     ports_file_dir: str | None = None
@@ -367,6 +381,8 @@ def _validate(config: ServerConfig, url_keys: Sequence[str]) -> None:
     _validate_auth(config.auth)
     _validate_leafnodes(config.leafnodes, url_keys)
     _validate_store(config.store)
+    if not isinstance(config.bridges, BridgesConfig):
+        raise _fail("bridges", f"expected a BridgesConfig, got {_show(config.bridges)}")
     _validate_log(config.log)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from edge.config import (
     AuthConfig,
+    BridgesConfig,
     ConfigError,
     ForwardGroup,
     LeafnodesConfig,
@@ -41,6 +42,8 @@ from edge.config_values import (
 
 # Sections of the builder, one per dataclass the loader fills in.
 _SERVER, _AUTH, _LOG, _LEAF, _STORE = "server", "auth", "log", "leafnodes", "store"
+# Section holding the parsed [bridges] table (a BridgesConfig under "config").
+_BRIDGES = "bridges"
 # Section of the builder of one store.forward entry.
 _GROUP = "group"
 # Sections of the builder of one leafnodes.remotes entry.
@@ -52,7 +55,7 @@ class _Builder:
 
     def __init__(self, *sections: str) -> None:
         self.sections: dict[str, dict[str, Any]] = {
-            name: {} for name in sections or (_SERVER, _AUTH, _LOG, _LEAF, _STORE)
+            name: {} for name in sections or (_SERVER, _AUTH, _LOG, _LEAF, _STORE, _BRIDGES)
         }
         # (section, field) -> the config key that set it, to report two keys
         # that set the same thing (``listen`` and ``port``, ``logfile`` and
@@ -155,6 +158,13 @@ def _table_array(sections: tuple[str, ...], keys: Mapping[str, _Handler], into: 
             getattr(builder, into).append((item_key, entry))
 
     return handle
+
+
+def _bridges(builder: _Builder, key: str, value: object) -> None:
+    """``[bridges]``: each bridge kind parses its own entries (bridges.config)."""
+    from bridges.config import parse_bridges  # only when the file has bridges
+
+    builder.set(_BRIDGES, "config", parse_bridges(value, key), key)
 
 
 def _walk(
@@ -284,6 +294,7 @@ _TOP_LEVEL_KEYS: dict[str, _Handler] = {
     "authorization": _table(_AUTHORIZATION_KEYS),
     "leafnodes": _table(_LEAFNODES_KEYS),
     "store": _table(_STORE_KEYS),
+    "bridges": _bridges,
 }
 
 
@@ -297,6 +308,7 @@ def config_from_dict(data: Mapping[str, object], file: str | None = None) -> Ser
         auth=AuthConfig(**builder.sections[_AUTH]),
         leafnodes=LeafnodesConfig(remotes=remotes),
         store=_build_store(builder),
+        bridges=builder.sections[_BRIDGES].get("config", BridgesConfig()),
         log=LogConfig(**builder.sections[_LOG]),
         config_file=file,
     )

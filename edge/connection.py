@@ -47,6 +47,8 @@ _VALID_SUBJECTS_MAX = 65536
 
 
 class ClientConnection:
+    local = False  # a socket client: the router frames its messages inline
+
     __slots__ = (
         "_auth_scope",
         "_scope",

@@ -40,9 +40,11 @@ class Subscriber(Protocol):
     On its fast paths the router appends a framed MSG to ``out`` itself and
     calls ``appended`` only when something needs doing (writer asleep, buffer
     over its stall mark, an UNSUB max to honour); everything else goes through
-    ``deliver``.
+    ``deliver``. A ``local`` (in-process) subscriber gets every message through
+    ``deliver``: there are no frames to build for it.
     """
 
+    local: bool
     echo: bool
     out: bytearray
     close_reason: CloseReason | None
@@ -152,7 +154,7 @@ class Router:
         if single:
             if sub is not None:
                 client = sub.client
-                if hdr or reply or client.close_reason is not None:
+                if hdr or reply or client.close_reason is not None or client.local:
                     client.deliver(sub, subject, reply, hdr, data)
                 else:
                     out = client.out
@@ -189,7 +191,9 @@ class Router:
             )
             for sub in plain:
                 client = sub.client
-                if client.close_reason is None:
+                if client.local:
+                    client.deliver(sub, subject, reply, hdr, data)
+                elif client.close_reason is None:
                     out = client.out
                     out += head
                     out += sub.sid
@@ -200,7 +204,9 @@ class Router:
             for _queue, members in queues:
                 sub = members[getrandbits(30) % len(members)] if len(members) > 1 else members[0]
                 client = sub.client
-                if client.close_reason is None:
+                if client.local:
+                    client.deliver(sub, subject, reply, hdr, data)
+                elif client.close_reason is None:
                     out = client.out
                     out += head
                     out += sub.sid

@@ -50,6 +50,8 @@ from edge.router import Router
 from store.errors import StoreOpenError
 
 if TYPE_CHECKING:
+    from bridges.runner import Bridge
+    from edge.local import LocalClient
     from edge.monitor import Monitor
     from edge.uplink import Uplink
     from store.writer import Store
@@ -94,6 +96,9 @@ class Server:
         )
         self.clients: dict[int, ClientConnection] = {}
         self.uplinks: list[Uplink] = []
+        # In-process clients (bridges, services) and the bridges themselves.
+        self.local_clients: list[LocalClient] = []
+        self.bridges: list[Bridge] = []
         self.store: Store | None = None
         if config.store.enabled:
             from store.writer import Store  # imported only when the store is used
@@ -127,6 +132,14 @@ class Server:
     def enter_lame_duck(self) -> None:
         """Stop accepting, warn clients, close them gradually, then stop."""
         self._lame_duck_requested.set()
+
+    def local_client(self, name: str) -> LocalClient:
+        """A new in-process client of this server's router (closed at stop)."""
+        from edge.local import LocalClient
+
+        client = LocalClient(self, name)
+        self.local_clients.append(client)
+        return client
 
     def _send_reply(self, reply: bytes, data: bytes) -> None:
         self.router.publish(None, reply, b"", 0, data)
@@ -205,8 +218,19 @@ class Server:
                 services.start_soon(self._accept_loop, listeners, connections)
                 services.start_soon(self._keepalive)
                 services.start_soon(self._watch_lame_duck)
-                task_status.started(self)
-                await self._stop.wait()
+                async with trio.open_nursery() as bridges:
+                    if self.config.bridges.enabled:
+                        from bridges.runner import build_bridges, run_bridges
+
+                        self.bridges = build_bridges(self, self.config.bridges)
+                        await bridges.start(run_bridges, self.bridges)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    # Bridges stop first: what they handed over is then settled
+                    # with the uplinks and committed by the store.
+                    bridges.cancel_scope.cancel()
+                for local in self.local_clients:
+                    local.close()
                 await self._settle_uplinks()
                 services.cancel_scope.cancel()
             await self._close_all(connections, CloseReason.SERVER_SHUTDOWN)
@@ -363,8 +387,8 @@ class Server:
 
 
 def _send_error(origin: object, err: bytes) -> None:
-    if isinstance(origin, ClientConnection):
-        origin.send(err)
+    if isinstance(origin, ClientConnection) or getattr(origin, "local", False):
+        origin.send(err)  # type: ignore[attr-defined]
 
 
 @asynccontextmanager
