@@ -167,6 +167,12 @@ class ForwardGroup:
     max_age: float = 0.0
     policy: str = "drop_oldest"
     confirm: str = "auto"
+    # A publisher's repeated Nats-Msg-Id within this many seconds is not stored
+    # again (its PubAck says "duplicate": true), as a JetStream stream does. 0: off.
+    duplicate_window: float = 120.0
+    # A PONG only after every message of this group the connection published
+    # before its PING is committed: a plain client's flush() is then a barrier.
+    durable_flush: bool = False
 
 
 @dataclass(frozen=True)
@@ -608,6 +614,11 @@ def _validate_group(group: ForwardGroup, prefix: str) -> None:
     _check_int(f"{prefix}.max_bytes", group.max_bytes, 0)
     _check_int(f"{prefix}.max_msgs", group.max_msgs, 0)
     _check_seconds(f"{prefix}.max_age", group.max_age, allow_zero=True)
+    _check_seconds(f"{prefix}.duplicate_window", group.duplicate_window, allow_zero=True)
+    if not isinstance(group.durable_flush, bool):
+        raise _fail(
+            f"{prefix}.durable_flush", f"expected true or false, got {group.durable_flush!r}"
+        )
 
 
 def _validate_log(log: LogConfig) -> None:

@@ -242,6 +242,8 @@ _FORWARD_KEYS: dict[str, _Handler] = {
     "max_age": _setting(_GROUP, "max_age", parse_duration),
     "policy": _setting(_GROUP, "policy", _to_str),
     "confirm": _setting(_GROUP, "confirm", _to_str),
+    "duplicate_window": _setting(_GROUP, "duplicate_window", parse_duration),
+    "durable_flush": _setting(_GROUP, "durable_flush", _to_bool),
 }
 
 _STORE_KEYS: dict[str, _Handler] = {

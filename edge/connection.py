@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
@@ -58,6 +59,7 @@ class ClientConnection:
         "cid",
         "close_reason",
         "echo",
+        "flush_seq",
         "headers",
         "in_bytes",
         "in_msgs",
@@ -70,6 +72,7 @@ class ClientConnection:
         "parser",
         "pedantic",
         "pings_out",
+        "pongs_due",
         "port",
         "ready",
         "router",
@@ -117,6 +120,10 @@ class ClientConnection:
         self.ready = not server.credentials.required
         self.close_reason: CloseReason | None = None
         self.pings_out = 0
+        # Durable flush (store.acks): the last sequence the store gave a message
+        # of ours in a durable_flush group, and the PONGs held for commits.
+        self.flush_seq = 0
+        self.pongs_due: deque[int] | None = None
         self.activity = False
         self.in_msgs = self.in_bytes = self.out_msgs_done = self.out_bytes = 0
         self.started = trio.current_time()
@@ -378,7 +385,13 @@ class ClientConnection:
         try:
             if type(event) is Ping:
                 self.session.require_connected()
-                self.send(PONG)
+                store = self.server.store
+                if not (
+                    self.flush_seq
+                    and store is not None
+                    and store.acks.hold_pong(self, store.committed_seq)
+                ):
+                    self.send(PONG)
             elif type(event) is Pong:
                 self.pings_out = 0
             elif type(event) is Sub:

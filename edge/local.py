@@ -175,6 +175,7 @@ class LocalClient:
         self._waiters: dict[bytes, list[LocalMsg]] = {}
         self._waiter_events: dict[bytes, trio.Event] = {}
         self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.flush_seq = 0  # set by the store for durable_flush groups (unused here)
         self.errors = 0
         self._warn = RateLimitedWarning(WARN_PERIOD)
 

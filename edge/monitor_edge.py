@@ -185,7 +185,7 @@ def storez(server_id: str, now_ns: int, s: StoreSnap | None) -> Body:
     groups), ``commits``, ``commit_seconds``, ``bytes_committed``, ``behind``
     (the forwarder reads from disk), ``low_disk``, ``last_error``; per group:
     ``subjects``, ``durability``, ``policy``, ``messages``, ``bytes``,
-    ``oldest_age_seconds``, ``accepted``, ``confirmed``, ``rejected``,
+    ``oldest_age_seconds``, ``accepted``, ``confirmed``, ``rejected``, ``duplicates``,
     ``dropped`` (by reason) and ``dropped_total``; ``forwarder`` (``sent``,
     ``resent``, ``acked``, ``nacked``, ``inflight``, ``inflight_bytes``) and
     ``link``, the state of the uplink the store forwards through.
@@ -233,6 +233,7 @@ def _group(g: GroupStats, now_ns: int) -> Body:
         "accepted": g.accepted,
         "confirmed": g.confirmed,
         "rejected": g.rejected,
+        "duplicates": g.duplicates,
         "dropped": dict(g.dropped),
         "dropped_total": sum(n for _reason, n in g.dropped),
     }

@@ -399,6 +399,7 @@ def test_storez_body() -> None:
         accepted=5,
         confirmed=3,
         rejected=0,
+        duplicates=4,
         dropped=(("max_msgs", 1),),
     )
     snap = me.StoreSnap(
@@ -422,6 +423,7 @@ def test_storez_body() -> None:
     assert body["groups"][0]["oldest_age_seconds"] == 1.0
     assert body["groups"][0]["dropped"] == {"max_msgs": 1}
     assert body["groups"][0]["dropped_total"] == 1
+    assert body["groups"][0]["duplicates"] == 4
     assert body["forwarder"]["acked"] == 3 and body["link"]["up"] is False
     empty = me.storez("N", 10 * mj.NS, replace(snap, groups=(replace(group, oldest_ts=None),)))
     assert empty["groups"][0]["oldest_age_seconds"] is None
