@@ -216,6 +216,7 @@ class Server:
                     self.monitor = Monitor(self)
                     await services.start(self.monitor.run)
                 services.start_soon(self._accept_loop, listeners, connections)
+                services.start_soon(self._admin_service)
                 services.start_soon(self._keepalive)
                 services.start_soon(self._watch_lame_duck)
                 async with trio.open_nursery() as bridges:
@@ -234,6 +235,14 @@ class Server:
                 await self._settle_uplinks()
                 services.cancel_scope.cancel()
             await self._close_all(connections, CloseReason.SERVER_SHUTDOWN)
+
+    async def _admin_service(self) -> None:
+        """$SRV discovery and the admin API over NATS (edge.service), imported
+        after the listener is up: it is not on the cold-start path."""
+        from edge.service import AdminService
+
+        await AdminService(self).run()
+        await trio.sleep_forever()
 
     async def _settle_uplinks(self) -> None:
         """Give the hub a moment to confirm what is in flight, so a restart
