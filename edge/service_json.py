@@ -15,6 +15,9 @@ from edge.monitor_json import rfc3339
 
 SERVICE_NAME = "leafgate"
 VERBS = ("PING", "INFO", "STATS")
+ENDPOINTS = ("status", "backlog", "bridges")
+# Subscriptions the service holds: three discovery subjects per verb, one per endpoint.
+SUBSCRIPTIONS = 3 * len(VERBS) + len(ENDPOINTS)
 
 
 @dataclass(frozen=True)

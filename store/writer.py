@@ -44,7 +44,7 @@ from typing import TypeVar
 
 import trio
 
-from edge.config import StoreConfig
+from edge.config import ForwardGroup, StoreConfig
 from edge.log import RateLimitedWarning, get_logger
 from store import buffer, db
 from store.acks import PublisherAcks
@@ -158,6 +158,17 @@ class Store:
     @send_reply.setter
     def send_reply(self, sender: ReplySender) -> None:
         self.acks.send_reply = sender
+
+    def reconfigure(self, groups: tuple[ForwardGroup, ...]) -> None:
+        """New limits and behaviour for the same groups (a reload; edge.reload
+        checked that names, subjects and durability are unchanged)."""
+        for state, spec in zip(self.groups.states, groups, strict=False):
+            state.spec = spec
+        states = self.groups.states
+        self._unlimited = [state.unlimited for state in states]
+        self._dedup_ms = [int(s.spec.duplicate_window * 1000) for s in states]
+        self._durable_flush = [s.spec.durable_flush for s in states]
+        self._wake_writer()  # a lower limit trims at the next commit
 
     # ---- called by the router, synchronously -------------------------------------
 

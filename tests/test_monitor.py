@@ -31,6 +31,7 @@ from edge import monitor_edge as me
 from edge import monitor_json as mj
 from edge.config import ServerConfig
 from edge.server import open_server
+from edge.service_json import SUBSCRIPTIONS
 from store.stats import GroupStats
 from tests.aio import connect, run, settle
 from tests.harness import (
@@ -478,12 +479,17 @@ async def _clients_scenario(server: ServerProcess, url: str) -> None:
             await nc.close()
 
 
+# leafgate's own admin service subscribes too (edge.service).
+SERVICE_SUBS = 0 if is_nats_server_command(leafgate_command()) else SUBSCRIPTIONS
+
+
 def _check_varz(server: ServerProcess, url: str) -> None:
     varz = get_json(url + "/varz")
     assert varz["port"] == server.port
     assert varz["http_port"] == int(url.rpartition(":")[2])
     assert varz["connections"] == 5 and varz["total_connections"] >= 5
-    assert varz["subscriptions"] == 1 + 2 + 3 + 4 + 5 + 1
+    # The clients' subscriptions and those of leafgate's own admin service.
+    assert varz["subscriptions"] == 1 + 2 + 3 + 4 + 5 + 1 + SERVICE_SUBS
     assert varz["in_msgs"] == 3 and varz["out_msgs"] == 3
     assert varz["in_bytes"] > 0 and varz["out_bytes"] > 0
     assert varz["mem"] > 0 and varz["cores"] >= 1
@@ -529,7 +535,7 @@ def _check_connz(url: str) -> None:
 
 def _check_subsz(url: str) -> None:
     stats = get_json(url + "/subsz")
-    assert stats["num_subscriptions"] == 16 and "subscriptions_list" not in stats
+    assert stats["num_subscriptions"] == 16 + SERVICE_SUBS and "subscriptions_list" not in stats
     found = get_json(url + "/subsz?subs=1&test=s.0.0")
     assert found["total"] == 1
     assert [(s["subject"], s["msgs"]) for s in found["subscriptions_list"]] == [("s.0.0", 3)]
@@ -541,7 +547,7 @@ def _check_subsz(url: str) -> None:
     accountz = get_json(url + "/accountz")
     assert accountz["accounts"] == ["$G"]
     detail = get_json(url + "/accountz?acc=$G")["account_detail"]
-    assert detail["client_connections"] == 5 and detail["subscriptions"] == 16
+    assert detail["client_connections"] == 5 and detail["subscriptions"] == 16 + SERVICE_SUBS
     status, _headers, body = fetch(url + "/accountz?acc=NOPE")
     assert (status, body) == (400, b"Account NOPE does not exist")
 
