@@ -46,6 +46,9 @@ class Subscriber(Protocol):
     echo: bool
     out: bytearray
     close_reason: CloseReason | None
+    # False: every delivery must go through ``deliver`` (a closed connection, one
+    # whose deliveries are checked against permissions, an internal subscriber).
+    inline: bool
     wake_pending: bool
     stall_mark: int
 
@@ -152,7 +155,7 @@ class Router:
         if single:
             if sub is not None:
                 client = sub.client
-                if hdr or reply or client.close_reason is not None:
+                if hdr or reply or not client.inline:
                     client.deliver(sub, subject, reply, hdr, data)
                 else:
                     out = client.out
@@ -189,7 +192,7 @@ class Router:
             )
             for sub in plain:
                 client = sub.client
-                if client.close_reason is None:
+                if client.inline:
                     out = client.out
                     out += head
                     out += sub.sid
@@ -197,10 +200,12 @@ class Router:
                     sub.delivered += 1
                     if sub.max_msgs or not client.wake_pending or len(out) > client.stall_mark:
                         client.appended(sub)
+                else:
+                    client.deliver(sub, subject, reply, hdr, data)
             for _queue, members in queues:
                 sub = members[getrandbits(30) % len(members)] if len(members) > 1 else members[0]
                 client = sub.client
-                if client.close_reason is None:
+                if client.inline:
                     out = client.out
                     out += head
                     out += sub.sid
@@ -208,6 +213,8 @@ class Router:
                     sub.delivered += 1
                     if sub.max_msgs or not client.wake_pending or len(out) > client.stall_mark:
                         client.appended(sub)
+                else:
+                    client.deliver(sub, subject, reply, hdr, data)
         else:
             for sub in plain:
                 sub.client.deliver(sub, subject, reply, hdr, data)
