@@ -350,14 +350,20 @@ class ClientConnection:
                     on_pub(event)
                 else:
                     if type(event) is Connect:
+                        limit = self.parser.max_payload
                         await self._connect(event)
                         publish, valid = self.router.publish, self.pub_valid
+                        if self.parser.max_payload < limit:
+                            # The rest of this read was parsed under the old payload
+                            # limit: its PUBs take the slow path, which checks it.
+                            valid = set()
                     else:
                         on_control(event)
                     fast = self.ready and not self.verbose
                 if self.close_reason is not None:
                     break
             self.in_msgs += pubs
+            valid = self.pub_valid
             if self.server.backlogged:
                 await self.server.hold_producer(self)
             if store is not None and store.congested:
@@ -373,6 +379,9 @@ class ClientConnection:
             return
         if hdr and not self.headers:
             self.fail(errors.HEADERS_NOT_SUPPORTED)
+            return
+        if len(data) > self.parser.max_payload:
+            self.fail(errors.MAX_PAYLOAD)  # a limit lowered by this read's CONNECT
             return
         if subject not in self.pub_valid and not self._check_publish_subject(subject):
             if self.verbose and not self._denied(subject):
