@@ -5,8 +5,11 @@ with each wrong credential; TLS with and without client certificates.
 
 from __future__ import annotations
 
+import base64
+import json
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,8 @@ from edge.nkeys import PREFIX_USER, KeyPair
 from tests.aio import connect, run, settle
 from tests.certs import TLSFiles, make_tls_files
 from tests.conftest import ServerFactory
-from tests.harness import Config, leafgate_command
-from tests.jwtgen import Operator, creds_file_text, encode_jwt
+from tests.harness import Config, RawClient, leafgate_command
+from tests.jwtgen import Operator, creds_file_text, encode_jwt, user_jwt
 
 PASSWORD_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4, prefix=b"2a")).decode()
 NKEY_USER = KeyPair.generate(PREFIX_USER)
@@ -272,3 +275,50 @@ def test_tls_bad_key_reported_with_path(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "tls.cert_file" in proc.stderr
     assert str(files.server_key) in proc.stderr, proc.stderr
+
+
+def _resigned(jwt: str, signer: KeyPair, **changes: Any) -> str:
+    """``jwt`` with changed claims, signed again by ``signer``."""
+    head, body, _ = jwt.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims.update(changes)
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    sig = base64.urlsafe_b64encode(signer.sign(f"{head}.{body}".encode())).decode()
+    return f"{head}.{body}.{sig.rstrip('=')}"
+
+
+async def test_hostile_jwts_close_only_their_client(both: ServerFactory) -> None:
+    op = Operator.create("APP")
+    server = both(config=_operator_config(op))
+    account = op.accounts["APP"]
+    user = KeyPair.generate(PREFIX_USER)
+    good = user_jwt(account.keys, user, "dev")
+    head, body, sig = good.split(".")
+    tampered = f"{head}.{body[:-4]}AAAA.{sig}"
+    expired = _resigned(good, account.keys, exp=int(time.time()) - 60)
+
+    async def login(jwt: str, signer: KeyPair) -> RawClient:
+        client = await RawClient.connect(server.port)
+        info = await client.read_info()
+        sig = signer.sign_nonce(info["nonce"])
+        line = json.dumps({"verbose": False, "jwt": jwt, "sig": sig, "protocol": 1})
+        await client.send(b"CONNECT " + line.encode() + b"\r\n")
+        return client
+
+    keeper = await login(good, user)
+    await keeper.send(b"SUB hostile 1\r\n")
+    assert await keeper.ping() == []
+    for jwt, signer in (
+        (tampered, user),
+        (expired, user),
+        (good, KeyPair.generate(PREFIX_USER)),  # the nonce signed by another key
+        ("not.a.jwt", user),
+    ):
+        bad = await login(jwt, signer)
+        assert await bad.read_line() == b"-ERR 'Authorization Violation'", (both.name, jwt)
+        assert await bad.closed(timeout=2)
+        await bad.aclose()
+    await keeper.send(b"PUB hostile 2\r\nok\r\n")
+    frames = await keeper.ping()
+    assert [f.payload for f in frames] == [b"ok"], frames
+    await keeper.aclose()
