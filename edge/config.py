@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edge.auth.settings import SecurityConfig
 from edge.config_values import (
     _LEAF_URL_EXAMPLE,
     _check_port_value,
@@ -105,6 +106,9 @@ class RemoteConfig:
     # Hub account the link must be bound to (checked against the hub's
     # ``remote_account``); None accepts whatever the credentials select.
     account: str | None = None
+    # Local account whose subjects this link carries (nats-server's remote
+    # ``account``; here ``local_account``, as ``account`` above names the hub's).
+    local_account: str | None = None
     credentials: str | None = None  # .creds file: user JWT + nkey seed
     nkey_seed: str | None = None  # path to a file holding an nkey seed ("SU...")
     user: str | None = None
@@ -239,6 +243,8 @@ class ServerConfig:
     http_host: str = DEFAULT_HOST
     http_port: int | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # Users, accounts, client-port TLS, operator mode (edge.auth.settings).
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     leafnodes: LeafnodesConfig = field(default_factory=LeafnodesConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     bridges: BridgesConfig = field(default_factory=BridgesConfig)
@@ -385,6 +391,7 @@ def _validate(config: ServerConfig, url_keys: Sequence[str]) -> None:
     _check_text("pid_file", config.pid_file, optional=True)
 
     _validate_auth(config.auth)
+    _validate_security(config)
     _validate_leafnodes(config.leafnodes, url_keys)
     _validate_store(config.store)
     if not isinstance(config.bridges, BridgesConfig):
@@ -404,6 +411,30 @@ def _validate_auth(auth: AuthConfig) -> None:
     if auth.password is not None and auth.user is None:
         raise _fail("authorization.password", "set without a user")
     _check_seconds("authorization.timeout", auth.timeout, allow_zero=False)
+
+
+def _validate_security(config: ServerConfig) -> None:
+    security = config.security
+    if not isinstance(security, SecurityConfig):
+        raise _fail("authorization", f"expected a SecurityConfig, got {_show(security)}")
+    if security.users and (config.auth.user is not None or config.auth.token is not None):
+        what = "user" if config.auth.user is not None else "token"
+        raise _fail(f"authorization.{what}", "cannot be combined with authorization.users")
+    if security.operator is not None and config.auth.required:
+        raise _fail("operator", "operator mode cannot be combined with authorization user/token")
+    if security.tls is not None:
+        for name in ("cert_file", "key_file", "ca_file"):
+            path = getattr(security.tls, name)
+            if path is not None:
+                _check_readable(f"tls.{name}", path)
+    if security.resolver_dir is not None and not os.path.isdir(security.resolver_dir):
+        raise _fail("resolver.dir", f"{_quote(security.resolver_dir)} is not a directory")
+    for i, remote in enumerate(config.leafnodes.remotes):
+        local = remote.local_account
+        if local is not None and local not in security.account_names():
+            raise _fail(
+                f"leafnodes.remotes[{i}].local_account", f"account {local!r} is not defined"
+            )
 
 
 def _validate_leafnodes(leafnodes: LeafnodesConfig, url_keys: Sequence[str]) -> None:

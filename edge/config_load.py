@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from edge.auth.settings import SecurityConfig, SettingError, holds_client_secrets, parse_security
 from edge.config import (
     AuthConfig,
     BridgesConfig,
@@ -44,6 +45,8 @@ from edge.config_values import (
 _SERVER, _AUTH, _LOG, _LEAF, _STORE = "server", "auth", "log", "leafnodes", "store"
 # Section holding the parsed [bridges] table (a BridgesConfig under "config").
 _BRIDGES = "bridges"
+# Raw values of the security keys, by full key, parsed by edge.auth.settings.
+_SECURITY = "security"
 # Section of the builder of one store.forward entry.
 _GROUP = "group"
 # Sections of the builder of one leafnodes.remotes entry.
@@ -55,7 +58,8 @@ class _Builder:
 
     def __init__(self, *sections: str) -> None:
         self.sections: dict[str, dict[str, Any]] = {
-            name: {} for name in sections or (_SERVER, _AUTH, _LOG, _LEAF, _STORE, _BRIDGES)
+            name: {}
+            for name in sections or (_SERVER, _AUTH, _LOG, _LEAF, _STORE, _SECURITY, _BRIDGES)
         }
         # (section, field) -> the config key that set it, to report two keys
         # that set the same thing (``listen`` and ``port``, ``logfile`` and
@@ -124,6 +128,11 @@ def _string_list(section: str, name: str, *, single: bool) -> _Handler:
         builder.set(section, name, tuple(value), key)
 
     return handle
+
+
+def _raw(builder: _Builder, key: str, value: object) -> None:
+    """A security key, kept as written; edge.auth.settings parses them together."""
+    builder.set(_SECURITY, key, value, key)
 
 
 def _single_url(builder: _Builder, key: str, value: object) -> None:
@@ -196,6 +205,8 @@ _AUTHORIZATION_KEYS: dict[str, _Handler] = {
     "pass": _setting(_AUTH, "password", _to_str),  # nats-server accepts both
     "token": _setting(_AUTH, "token", _to_str),
     "timeout": _setting(_AUTH, "timeout", parse_duration),
+    "users": _raw,
+    "default_permissions": _raw,
 }
 
 _TLS_CLIENT_KEYS: dict[str, _Handler] = {
@@ -214,6 +225,7 @@ _REMOTE_KEYS: dict[str, _Handler] = {
     "url": _single_url,
     "urls": _string_list(_REMOTE, "urls", single=False),
     "account": _setting(_REMOTE, "account", _to_str),
+    "local_account": _setting(_REMOTE, "local_account", _to_str),
     "credentials": _setting(_REMOTE, "credentials", _to_str),
     "nkey": _setting(_REMOTE, "nkey_seed", _to_str),
     "user": _setting(_REMOTE, "user", _to_str),
@@ -294,6 +306,13 @@ _TOP_LEVEL_KEYS: dict[str, _Handler] = {
     "log_file": _setting(_LOG, "logfile", _to_str),
     "log_format": _setting(_LOG, "format", _to_str),
     "authorization": _table(_AUTHORIZATION_KEYS),
+    "accounts": _raw,
+    "no_auth_user": _raw,
+    "tls": _raw,
+    "operator": _raw,
+    "system_account": _raw,
+    "resolver": _raw,
+    "resolver_preload": _raw,
     "leafnodes": _table(_LEAFNODES_KEYS),
     "store": _table(_STORE_KEYS),
     "bridges": _bridges,
@@ -308,6 +327,7 @@ def config_from_dict(data: Mapping[str, object], file: str | None = None) -> Ser
     config = ServerConfig(
         **builder.sections[_SERVER],
         auth=AuthConfig(**builder.sections[_AUTH]),
+        security=_build_security(builder),
         leafnodes=LeafnodesConfig(remotes=remotes),
         store=_build_store(builder),
         bridges=builder.sections[_BRIDGES].get("config", BridgesConfig()),
@@ -348,6 +368,13 @@ def _build_remotes(builder: _Builder) -> tuple[tuple[RemoteConfig, ...], list[st
     return tuple(remotes), url_keys
 
 
+def _build_security(builder: _Builder) -> SecurityConfig:
+    try:
+        return parse_security(builder.sections[_SECURITY])
+    except SettingError as exc:
+        raise ConfigError(exc.key, exc.reason) from None
+
+
 def _build_store(builder: _Builder) -> StoreConfig:
     groups = []
     for i, (_key, draft) in enumerate(builder.groups):
@@ -376,6 +403,26 @@ def load_config(path: str) -> ServerConfig:
             hint = " (leafgate reads TOML, not nats-server's .conf syntax)"
         raise ConfigError(None, f"invalid TOML: {exc}{hint}", path) from None
     try:
-        return config_from_dict(data, file=path)
+        config = config_from_dict(data, file=path)
     except ConfigError as exc:
         raise exc.with_file(path) from None
+    _check_secret_file(path, config)
+    return config
+
+
+def _check_secret_file(path: str, config: ServerConfig) -> None:
+    """A file holding client passwords or tokens must not be readable by everyone."""
+    import os
+    import stat
+
+    auth = config.auth
+    if not holds_client_secrets(config.security, auth.password, auth.token):
+        return
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & stat.S_IROTH:
+        raise ConfigError(
+            None,
+            f"holds passwords or tokens but is readable by every user (mode {mode:04o}); "
+            f"restrict it with: chmod 600 {path}",
+            path,
+        )

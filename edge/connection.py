@@ -29,11 +29,12 @@ from edge.proto import errors
 from edge.proto.errors import CloseReason, ProtocolError
 from edge.proto.events import Connect, Info, ParseFailed, Ping, Pong, Pub, Sub, Unsub
 from edge.proto.parser import ClientParser
-from edge.proto.session import ClientSession, publish_deliverable
+from edge.proto.session import ClientSession, ConnectOptions, publish_deliverable
 from edge.router import _SIZE_LINES, Subscription, _size_line
 from edge.subjects import is_valid_publish_subject
 
 if TYPE_CHECKING:
+    from edge.auth.permissions import PublishCache, SubjectPermission
     from edge.server import Server
 
 log = get_logger("edge.connection")
@@ -58,22 +59,28 @@ class ClientConnection:
         "backlogged",
         "cid",
         "close_reason",
+        "deny",
         "echo",
         "flush_seq",
         "headers",
+        "identity",
         "in_bytes",
         "in_msgs",
+        "inline",
         "ip",
         "max_pending",
         "no_responders",
+        "nonce",
         "out",
         "out_bytes",
         "out_msgs_done",
         "parser",
         "pedantic",
+        "perms",
         "pings_out",
         "pongs_due",
         "port",
+        "pub_valid",
         "ready",
         "router",
         "server",
@@ -81,6 +88,7 @@ class ClientConnection:
         "stall_mark",
         "started",
         "stream",
+        "sub_perm",
         "subs",
         "verbose",
         "wake_pending",
@@ -88,7 +96,7 @@ class ClientConnection:
     )
 
     def __init__(
-        self, server: Server, stream: trio.SocketStream, cid: int, ip: str, port: int
+        self, server: Server, stream: trio.abc.Stream, cid: int, ip: str, port: int
     ) -> None:
         config = server.config
         self.server = server
@@ -119,6 +127,17 @@ class ClientConnection:
         # Operations are accepted before CONNECT only when no auth is required.
         self.ready = not server.credentials.required
         self.close_reason: CloseReason | None = None
+        self.inline = True  # see edge.router.Subscriber
+        # Set at CONNECT by edge.security when the server checks permissions: who
+        # the client is, its publish cache (also the fast path's set of subjects
+        # known good, replacing the server-wide one), its subscribe permission and
+        # the deny filter its deliveries pass.
+        self.identity: object = None
+        self.nonce = b""  # the INFO nonce this client must sign (nkeys, JWT)
+        self.perms: PublishCache | None = None
+        self.pub_valid: set[bytes] = _VALID_SUBJECTS
+        self.sub_perm: SubjectPermission | None = None
+        self.deny: tuple[bytes, ...] = ()
         self.pings_out = 0
         # Durable flush (store.acks): the last sequence the store gave a message
         # of ours in a durable_flush group, and the PONGs held for commits.
@@ -200,6 +219,7 @@ class ClientConnection:
     def _slow_consumer(self, reason: CloseReason) -> None:
         self.out = bytearray()
         self.close_reason = reason
+        self.inline = False
         self.server.stats.slow_consumers += 1
         log.warning(
             "slow_consumer",
@@ -219,6 +239,7 @@ class ClientConnection:
         if err:
             self.out += err
         self.close_reason = reason
+        self.inline = False
         self._unsubscribe_all()
         self._wake.set()
 
@@ -249,6 +270,7 @@ class ClientConnection:
         except Exception:  # the connection's boundary: a bug closes this client only
             log.exception("client_internal_error", cid=self.cid, ip=self.ip)
             self.close_reason = self.close_reason or CloseReason.INTERNAL_ERROR
+            self.inline = False
         finally:
             self._unsubscribe_all()
             if self.backlogged:
@@ -282,6 +304,7 @@ class ClientConnection:
                     await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.close_reason = self.close_reason or CloseReason.WRITE_ERROR
+                self.inline = False
                 self.out = bytearray()
                 return
             if deadline.cancelled_caught:
@@ -308,7 +331,7 @@ class ClientConnection:
         publish = self.router.publish
         on_pub = self._on_pub
         on_control = self._on_control
-        valid = _VALID_SUBJECTS
+        valid = self.pub_valid
         store = self.server.store
         while self.close_reason is None:
             try:
@@ -325,7 +348,7 @@ class ClientConnection:
             # inline: one call less per message on the hottest loop of the server.
             fast = self.ready and not self.verbose
             pubs = 0
-            for event in feed(data):
+            for event in feed(data):  # type: ignore[arg-type]  # bytes from both stream kinds
                 if type(event) is Pub:
                     subject, reply, hdr, payload = event
                     if fast and subject in valid and (not hdr or self.headers):
@@ -335,11 +358,21 @@ class ClientConnection:
                         continue
                     on_pub(event)
                 else:
-                    on_control(event)
+                    if type(event) is Connect:
+                        limit = self.parser.max_payload
+                        await self._connect(event)
+                        publish, valid = self.router.publish, self.pub_valid
+                        if self.parser.max_payload < limit:
+                            # The rest of this read was parsed under the old payload
+                            # limit: its PUBs take the slow path, which checks it.
+                            valid = set()
+                    else:
+                        on_control(event)
                     fast = self.ready and not self.verbose
                 if self.close_reason is not None:
                     break
             self.in_msgs += pubs
+            valid = self.pub_valid
             if self.server.backlogged:
                 await self.server.hold_producer(self)
             if store is not None and store.congested:
@@ -356,14 +389,21 @@ class ClientConnection:
         if hdr and not self.headers:
             self.fail(errors.HEADERS_NOT_SUPPORTED)
             return
-        if subject not in _VALID_SUBJECTS and not self._check_publish_subject(subject):
-            if self.verbose:
+        if len(data) > self.parser.max_payload:
+            self.fail(errors.MAX_PAYLOAD)  # a limit lowered by this read's CONNECT
+            return
+        if subject not in self.pub_valid and not self._check_publish_subject(subject):
+            if self.verbose and not self._denied(subject):
                 self.send(OK)
             return
         if self.verbose:
             self.send(OK)
         if not self.router.publish(self, subject, reply, hdr, data) and reply:
             self._no_responders(subject, reply)
+
+    def _denied(self, subject: bytes) -> bool:
+        """Whether a publish was refused by permissions (no +OK then, as nats-server)."""
+        return self.perms is not None and subject not in self.perms.allowed
 
     def _no_responders(self, subject: bytes, reply: bytes) -> None:
         if self.no_responders:
@@ -374,6 +414,8 @@ class ClientConnection:
         error = self.session.publish_subject_error(subject)
         if error is not None:
             self.send(error.wire())
+        if self.perms is not None:
+            return self.server.security.check_publish(self, subject)  # type: ignore[union-attr]
         if is_valid_publish_subject(subject):
             if len(_VALID_SUBJECTS) >= _VALID_SUBJECTS_MAX:
                 _VALID_SUBJECTS.clear()
@@ -400,8 +442,6 @@ class ClientConnection:
             elif type(event) is Unsub:
                 self.session.require_connected()
                 self._on_unsub(event)
-            elif type(event) is Connect:
-                self._on_connect(event)
             elif type(event) is ParseFailed:
                 self.fail(event.error)
             elif type(event) is Info:
@@ -416,8 +456,17 @@ class ClientConnection:
         except ValueError:
             raise errors.BAD_CONNECT from None
 
-    def _on_connect(self, event: Connect) -> None:
-        opts = self.session.connect(event.raw)
+    async def _connect(self, event: Connect) -> None:
+        security = self.server.security
+        try:
+            if security is None or self.session.connected:
+                self._on_connect(self.session.connect(event.raw))
+            else:
+                self._on_connect(await security.connect(self, event.raw))
+        except ProtocolError as exc:
+            self.fail(exc)
+
+    def _on_connect(self, opts: ConnectOptions) -> None:
         self.verbose, self.pedantic, self.echo = opts.verbose, opts.pedantic, opts.echo
         self.headers, self.no_responders = opts.headers, opts.no_responders
         self.ready = True
@@ -427,6 +476,13 @@ class ClientConnection:
 
     def _on_sub(self, event: Sub) -> None:
         self.session.check_subscribe(event.subject)
+        security = self.server.security
+        if (
+            self.sub_perm is not None
+            and security is not None
+            and not security.check_subscribe(self, event.subject, event.queue)
+        ):
+            return
         if event.sid not in self.subs:  # a reused sid is ignored, as nats-server does
             sub = Subscription(self, event.subject, event.queue, event.sid)
             self.subs[event.sid] = sub

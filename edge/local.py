@@ -155,9 +155,10 @@ class LocalSubscription:
 class LocalClient:
     """An in-process NATS client; make one with ``Server.local_client(name)``."""
 
-    # What the router reads (edge.router.Subscriber). ``local`` sends every
-    # delivery through ``deliver`` (the router's inline framing is for sockets).
+    # What the router reads (edge.router.Subscriber). ``inline`` False sends
+    # every delivery through ``deliver`` (the router's framing is for sockets).
     local = True
+    inline = False
     echo = False
     wake_pending = True
     stall_mark = 1 << 62

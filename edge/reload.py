@@ -42,7 +42,13 @@ _GROUP_RELOADABLE = frozenset(
     {"max_bytes", "max_msgs", "max_age", "policy", "duplicate_window", "durable_flush"}
 )
 # The config file's name for a ServerConfig field, where they differ.
-_KEY_NAMES = {"max_pings_out": "ping_max", "auth": "authorization", "http_port": "http"}
+_KEY_NAMES = {
+    "max_pings_out": "ping_max",
+    "auth": "authorization",
+    "http_port": "http",
+    # users with permissions, accounts, TLS, operator: built only at start
+    "security": "authorization.users",
+}
 
 
 class ReloadRefused(Exception):
@@ -75,6 +81,12 @@ def plan_reload(old: ServerConfig, new: ServerConfig) -> ReloadPlan:
         if before == after or f.name == "config_file":
             continue
         key = _KEY_NAMES.get(f.name, f.name)
+        if f.name == "security":
+            raise ReloadRefused(
+                key,
+                "users, permissions, accounts, TLS and operator settings cannot change while "
+                "running yet; restart leafgate to apply them",
+            )
         if f.name not in _SERVER_RELOADABLE:
             raise ReloadRefused(key, "cannot change while running; restart leafgate to apply it")
         if f.name == "store":

@@ -40,14 +40,15 @@ class Subscriber(Protocol):
     On its fast paths the router appends a framed MSG to ``out`` itself and
     calls ``appended`` only when something needs doing (writer asleep, buffer
     over its stall mark, an UNSUB max to honour); everything else goes through
-    ``deliver``. A ``local`` (in-process) subscriber gets every message through
-    ``deliver``: there are no frames to build for it.
+    ``deliver``.
     """
 
-    local: bool
     echo: bool
     out: bytearray
     close_reason: CloseReason | None
+    # False: every delivery must go through ``deliver`` (a closed connection, one
+    # whose deliveries are checked against permissions, an internal subscriber).
+    inline: bool
     wake_pending: bool
     stall_mark: int
 
@@ -154,7 +155,7 @@ class Router:
         if single:
             if sub is not None:
                 client = sub.client
-                if hdr or reply or client.close_reason is not None or client.local:
+                if hdr or reply or not client.inline:
                     client.deliver(sub, subject, reply, hdr, data)
                 else:
                     out = client.out
@@ -191,9 +192,7 @@ class Router:
             )
             for sub in plain:
                 client = sub.client
-                if client.local:
-                    client.deliver(sub, subject, reply, hdr, data)
-                elif client.close_reason is None:
+                if client.inline:
                     out = client.out
                     out += head
                     out += sub.sid
@@ -201,12 +200,12 @@ class Router:
                     sub.delivered += 1
                     if sub.max_msgs or not client.wake_pending or len(out) > client.stall_mark:
                         client.appended(sub)
+                else:
+                    client.deliver(sub, subject, reply, hdr, data)
             for _queue, members in queues:
                 sub = members[getrandbits(30) % len(members)] if len(members) > 1 else members[0]
                 client = sub.client
-                if client.local:
-                    client.deliver(sub, subject, reply, hdr, data)
-                elif client.close_reason is None:
+                if client.inline:
                     out = client.out
                     out += head
                     out += sub.sid
@@ -214,6 +213,8 @@ class Router:
                     sub.delivered += 1
                     if sub.max_msgs or not client.wake_pending or len(out) > client.stall_mark:
                         client.appended(sub)
+                else:
+                    client.deliver(sub, subject, reply, hdr, data)
         else:
             for sub in plain:
                 sub.client.deliver(sub, subject, reply, hdr, data)

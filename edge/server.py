@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from bridges.runner import Bridge, BridgeSet
     from edge.local import LocalClient
     from edge.monitor import Monitor
+    from edge.security import Security
     from edge.uplink import Uplink
     from store.writer import Store
 
@@ -91,8 +92,17 @@ class Server:
         self.name = config.server_name or self.server_id
         self.router = Router()
         self.version = leafgate_version()
+        # Users, accounts, TLS, operator mode: edge.security, loaded only when configured.
+        self.security: Security | None = None
+        if config.security.configured:
+            from edge.security import Security
+
+            self.security = Security(self, config)
         self.credentials = Credentials(
-            user=config.auth.user, password=config.auth.password, token=config.auth.token
+            user=config.auth.user,
+            password=config.auth.password,
+            token=config.auth.token,
+            delegated=self.security is not None and self.security.authenticator.required,
         )
         self.clients: dict[int, ClientConnection] = {}
         self.uplinks: list[Uplink] = []
@@ -153,7 +163,10 @@ class Server:
             # New connections authenticate against the new settings; existing
             # ones stay (they authenticated when they connected).
             self.credentials = Credentials(
-                user=new.auth.user, password=new.auth.password, token=new.auth.token
+                user=new.auth.user,
+                password=new.auth.password,
+                token=new.auth.token,
+                delegated=self.credentials.delegated,
             )
             self._info_base = self._base_info()
             self._info_base["port"] = self.port
@@ -189,6 +202,8 @@ class Server:
         }
         if self.credentials.required:
             info["auth_required"] = True
+        if self.security is not None:
+            info.update(self.security.info_fields())
         info["max_payload"] = self.config.max_payload
         return info
 
@@ -198,6 +213,8 @@ class Server:
         info["client_ip"] = client.ip
         if self.lame_duck:
             info["ldm"] = True
+        if client.nonce:
+            info["nonce"] = client.nonce.decode()
         return b"INFO " + json.dumps(info, separators=(",", ":")).encode() + b" \r\n"
 
     # ---- running ------------------------------------------------------------------
@@ -310,7 +327,12 @@ class Server:
             await stream.aclose()
             return
         self._next_cid += 1
-        client = ClientConnection(self, stream, self._next_cid, peer[0], peer[1])
+        security = self.security
+        cls = ClientConnection if security is None else security.connection_class()
+        client = cls(self, stream, self._next_cid, peer[0], peer[1])
+        if security is not None:
+            nonce = security.nonce()
+            client.nonce = nonce.encode() if nonce else b""
         self.stats.connections_total += 1
         if len(self.clients) >= self.config.max_connections:
             self.stats.refused_max_connections += 1
@@ -327,7 +349,22 @@ class Server:
             return
         self.clients[client.cid] = client
         auth_timeout = self.config.auth.timeout if self.credentials.required else None
-        await client.run(self.info_for(client), auth_timeout)
+        info = self.info_for(client)
+        if security is not None and security.ssl is not None:
+            tls = await security.start_tls(stream, client, info)
+            if tls is None:
+                self.forget(client)
+                return
+            client.stream = tls
+            if not security.tls.handshake_first:  # type: ignore[union-attr]
+                info = b""  # already sent, before the handshake
+        await client.run(info, auth_timeout)
+
+    def router_for(self, account: str | None) -> Router:
+        """The router of a local account (the global one without accounts)."""
+        if self.security is None or account is None:
+            return self.router
+        return self.security.router_for(account)
 
     def note_backlog(self, client: ClientConnection) -> None:
         self.backlogged.add(client)
@@ -353,6 +390,8 @@ class Server:
 
     def forget(self, client: ClientConnection) -> None:
         if self.clients.pop(client.cid, None) is not None:
+            if self.security is not None:
+                self.security.forget(client)
             stats = self.stats
             stats.closed_in_msgs += client.in_msgs
             stats.closed_in_bytes += client.in_bytes

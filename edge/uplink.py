@@ -90,7 +90,7 @@ class Uplink:
         self.server = server
         self.remote = remote
         self.index = index
-        self.router = server.router
+        self.router = server.router_for(remote.local_account)
         self.urls: list[LeafURL] = [parse_leaf_url(u) for u in remote.urls]
         self.identity = LeafIdentity(
             server_id=server.server_id,

@@ -12,6 +12,7 @@ from edge.config import ConfigError, load_config
 def write(tmp_path: Path, text: str, name: str = "leafgate.toml") -> str:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)  # it may hold passwords: leafgate refuses those world-readable
     return str(path)
 
 

@@ -137,6 +137,8 @@ class ServerProcess:
         if config_text is not None:
             self.config_path = self.workdir / f"{tag}{config_suffix}"
             self.config_path.write_text(config_text)
+            # Config files may hold passwords: leafgate refuses them world-readable.
+            self.config_path.chmod(0o600)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int = 0
         self.url: str = ""

@@ -32,6 +32,7 @@ def config_for(*argv: str) -> ServerConfig:
 def write(tmp_path: Path, text: str) -> str:
     path = tmp_path / "leafgate.toml"
     path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)  # it may hold passwords: leafgate refuses those world-readable
     return str(path)
 
 

@@ -268,7 +268,7 @@ def test_unknown_key_without_suggestion(tmp_path: Path) -> None:
     assert str(err).endswith("frobnicate: unknown key")
 
 
-@pytest.mark.parametrize("table", ["mqtt", "serial", "accounts"])
+@pytest.mark.parametrize("table", ["mqtt", "serial"])
 def test_future_tables_are_unknown_for_now(tmp_path: Path, table: str) -> None:
     err = load_error(tmp_path, f"[{table}]\nx = 1\n")
     assert err.key == table

@@ -19,6 +19,8 @@ FORBIDDEN = frozenset({"trio", "socket", "asyncio", "structlog", "logging"})
 
 _CANDIDATES = [
     *sorted((ROOT / "edge" / "proto").glob("*.py")),
+    *sorted((ROOT / "edge" / "auth").glob("*.py")),
+    ROOT / "edge" / "accounts.py",
     ROOT / "edge" / "subjects.py",
     ROOT / "edge" / "sublist.py",
     ROOT / "edge" / "config.py",

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .authcases import AUTH_RUNNERS
 from .cases import CLIENT_RUNNERS
 from .common import (
     CASES,
@@ -37,7 +38,12 @@ from .storecases import summary as store_summary
 from .storeside import DEFAULT_BACKLOG, DEFAULT_BYTES_MSGS, NOTES
 from .storeside import configure as configure_store
 
-RUNNERS: dict[str, Runner] = {**CLIENT_RUNNERS, **LEAF_RUNNERS, **STORE_RUNNERS}
+RUNNERS: dict[str, Runner] = {
+    **CLIENT_RUNNERS,
+    **AUTH_RUNNERS,
+    **LEAF_RUNNERS,
+    **STORE_RUNNERS,
+}
 
 Results = dict[str, dict[str, SideResult]]
 

@@ -80,6 +80,12 @@ CASES: dict[str, Case] = {
         Case("rss_idle", "MiB", False, "VmRSS after start"),
         Case("rss_1000", "MiB", False, "VmRSS with 1000 idle connections"),
         Case("cold_start", "ms", False, "spawn to first INFO received"),
+        Case("connect_none", "conns/s", True, "connect + CONNECT + PING/PONG + close, no auth"),
+        Case("connect_token", "conns/s", True, "connection setup with token auth"),
+        Case("connect_user", "conns/s", True, "connection setup with a user/password"),
+        Case("connect_nkey", "conns/s", True, "connection setup with an nkey (signed nonce)"),
+        Case("pub_sub_128_auth", "msgs/s", True, "pub_sub_128 as a user without permissions"),
+        Case("pub_sub_128_perms", "msgs/s", True, "pub_sub_128 as a user with allow/deny lists"),
         Case(
             "leaf_up_128",
             "msgs/s",

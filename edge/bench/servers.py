@@ -122,6 +122,7 @@ def start_server(cmd: Sequence[str], *, do_probe: bool = True, config: str | Non
     if config is not None:
         conf = tmpdir / "server.conf"
         conf.write_text(config)
+        conf.chmod(0o600)  # it may hold passwords (leafgate refuses them world-readable)
         argv[len(cmd) : len(cmd)] = ["-c", str(conf)]
     server = _spawn(argv, tmpdir, "")
 

@@ -122,10 +122,13 @@ class Credentials:
     user: str | None = None
     password: str | None = None
     token: str | None = None
+    # Checked by the server's edge.auth Authenticator instead (users, nkeys, JWT,
+    # certificates): authentication is required, ``authenticate`` never accepts.
+    delegated: bool = False
 
     @property
     def required(self) -> bool:
-        return self.user is not None or self.token is not None
+        return self.user is not None or self.token is not None or self.delegated
 
 
 def _same(given: str | None, expected: str) -> bool:
@@ -136,6 +139,8 @@ def authenticate(options: ConnectOptions, creds: Credentials) -> bool:
     """True if ``options`` carries acceptable credentials (constant-time compares)."""
     if not creds.required:
         return True
+    if creds.delegated:
+        return False
     if creds.token is not None and _same(options.auth_token, creds.token):
         return True
     if creds.user is not None and creds.password is not None:
@@ -158,7 +163,11 @@ class ClientSession:
     def connect(self, raw: bytes) -> ConnectOptions:
         """Apply a CONNECT; raises ``ProtocolError`` to refuse it."""
         options = parse_connect(raw)
-        if not self.connected and not authenticate(options, self.creds):
+        return self.accept(options, self.connected or authenticate(options, self.creds))
+
+    def accept(self, options: ConnectOptions, authenticated: bool) -> ConnectOptions:
+        """Apply parsed CONNECT options once authentication has been judged."""
+        if not self.connected and not authenticated:
             raise errors.AUTH_VIOLATION
         check_connect_values(options)
         self.options = options

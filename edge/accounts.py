@@ -1,0 +1,183 @@
+"""Accounts: one Router per account, joined only by declared exports and imports.
+
+Each account has its own subject space (its own Router): a message published in
+account A reaches A's subscribers and nobody else's. An import joins two spaces
+for the subjects it names, through an internal subscriber:
+
+* a stream import (A imports B's ``events.>``, optionally as ``b.events.>``) is a
+  subscription in B's router on ``events.>`` that republishes each message in A's
+  router under the mapped subject;
+* a service import (A imports B's ``time`` as ``b.time``) is a subscription in A's
+  router on ``b.time`` that republishes each request in B's router on ``time``;
+  its reply subject is replaced by ``_R_.<id>.<n>``, and one subscription per
+  import on ``_R_.<id>.>`` in B's router sends the first answer back to the
+  requester's own reply subject in A (then forgets it; at most ``RESPONSES_MAX``
+  pending, each for ``RESPONSE_TTL`` seconds).
+
+Messages cross at most ``MAX_HOPS`` imports (a cycle of imports cannot loop).
+Internal subscribers take every delivery through ``deliver`` (``inline`` False),
+so the router's inline framing never writes into them. Synchronous, no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Callable
+
+from edge.auth.settings import GLOBAL_ACCOUNT, AccountConfig, ImportConfig
+from edge.proto.errors import CloseReason
+from edge.router import Router, Subscription
+
+MAX_HOPS = 2
+RESPONSES_MAX = 10_000
+RESPONSE_TTL = 120.0
+
+
+def remap(pattern: bytes, to: bytes, subject: bytes) -> bytes:
+    """``subject`` (matched by ``pattern``) in the importer's space ``to``: the
+    tokens under ``pattern``'s wildcards go to ``to``'s wildcards, in order."""
+    if pattern == to:
+        return subject
+    ptoks = pattern.split(b".")
+    stoks = subject.split(b".")
+    captured: list[bytes] = []
+    for i, tok in enumerate(ptoks):
+        if tok == b"*":
+            captured.append(stoks[i])
+        elif tok == b">":
+            captured.append(b".".join(stoks[i:]))
+    out: list[bytes] = []
+    it = iter(captured)
+    for tok in to.split(b"."):
+        out.append(next(it, tok) if tok in (b"*", b">") else tok)
+    return b".".join(out)
+
+
+class _Internal:
+    """A subscriber inside the server (no socket)."""
+
+    echo = True
+    inline = False
+    wake_pending = True
+    stall_mark = 1 << 62
+    close_reason: CloseReason | None = None
+    hops = 0  # imports the message being delivered has crossed (all bridges share it)
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def appended(self, sub: Subscription) -> None:
+        self.out.clear()
+
+    def deliver(
+        self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None:
+        raise NotImplementedError
+
+    def _relay(self, target: Router, subject: bytes, reply: bytes, hdr: int, data: bytes) -> None:
+        if _Internal.hops >= MAX_HOPS:
+            return
+        _Internal.hops += 1
+        try:
+            target.publish(self, subject, reply, hdr, data)
+        finally:
+            _Internal.hops -= 1
+
+
+class StreamImport(_Internal):
+    def __init__(self, exporter: Router, importer: Router, imp: ImportConfig) -> None:
+        super().__init__()
+        self.importer = importer
+        self.subject = imp.subject
+        self.to = imp.to or imp.subject
+        self.sub = Subscription(self, imp.subject, None, b"import")
+        exporter.subscribe(self.sub)
+
+    def deliver(
+        self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None:
+        self._relay(self.importer, remap(self.subject, self.to, subject), reply, hdr, data)
+
+
+class _Responses(_Internal):
+    """Answers in the exporter's space, sent back to the requesters' replies."""
+
+    def __init__(self, exporter: Router, importer: Router, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.importer = importer
+        self.clock = clock
+        self.prefix = b"_R_." + secrets.token_hex(6).encode() + b"."
+        self.pending: dict[bytes, tuple[bytes, float]] = {}
+        self._next = itertools.count(1)
+        exporter.subscribe(Subscription(self, self.prefix + b">", None, b"responses"))
+
+    def route(self, reply: bytes) -> bytes:
+        now = self.clock()
+        pending = self.pending
+        while pending:
+            oldest = next(iter(pending))
+            if len(pending) < RESPONSES_MAX and pending[oldest][1] > now:
+                break
+            del pending[oldest]
+        mapped = self.prefix + b"%d" % next(self._next)
+        pending[mapped] = (reply, now + RESPONSE_TTL)
+        return mapped
+
+    def deliver(
+        self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None:
+        entry = self.pending.pop(subject, None)
+        if entry is not None and entry[1] > self.clock():
+            self._relay(self.importer, entry[0], reply, hdr, data)
+
+
+class ServiceImport(_Internal):
+    def __init__(
+        self, exporter: Router, importer: Router, imp: ImportConfig, clock: Callable[[], float]
+    ) -> None:
+        super().__init__()
+        self.exporter = exporter
+        self.subject = imp.subject
+        self.local = imp.to or imp.subject
+        self.responses = _Responses(exporter, importer, clock)
+        importer.subscribe(Subscription(self, self.local, None, b"service"))
+
+    def deliver(
+        self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None:
+        mapped_reply = self.responses.route(reply) if reply else b""
+        target = remap(self.local, self.subject, subject)
+        self._relay(self.exporter, target, mapped_reply, hdr, data)
+
+
+class Accounts:
+    """The routers of all accounts and the imports between them."""
+
+    def __init__(
+        self,
+        global_router: Router,
+        accounts: tuple[AccountConfig, ...],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.routers: dict[str, Router] = {GLOBAL_ACCOUNT: global_router}
+        self.limits: dict[str, AccountConfig] = {a.name: a for a in accounts}
+        for account in accounts:
+            self.routers[account.name] = Router()
+        self.bridges: list[_Internal] = []
+        for account in accounts:
+            importer = self.routers[account.name]
+            for imp in account.imports:
+                exporter = self.routers[imp.account]
+                if imp.kind == "stream":
+                    self.bridges.append(StreamImport(exporter, importer, imp))
+                else:
+                    self.bridges.append(ServiceImport(exporter, importer, imp, clock))
+
+    def router(self, name: str) -> Router:
+        """The router of account ``name`` (operator-mode accounts are made on first use)."""
+        router = self.routers.get(name)
+        if router is None:
+            router = self.routers[name] = Router()
+        return router

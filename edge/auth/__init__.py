@@ -1,0 +1,1 @@
+"""Authentication, authorization and accounts: pure logic (no I/O)."""

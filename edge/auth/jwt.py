@@ -1,0 +1,253 @@
+"""NATS JWTs (decentralized auth): decode, verify signatures, read the claims.
+
+A NATS JWT is ``b64url(header).b64url(claims).b64url(signature)``; the header says
+``"alg": "ed25519-nkey"`` (``"ed25519"`` in v1 tokens) and the signature is the
+issuer's Ed25519 signature over ``header.claims``; ``iss`` is the issuer's public
+nkey. The chain of trust: the operator (configured) signs account JWTs, an
+account signs its users' JWTs, and either may delegate to *signing keys* listed
+in its own JWT (a user signed by a signing key names its account in
+``issuer_account``).
+
+``decode`` checks the form, the signature, the kinds of keys and the time window
+(``exp``/``nbf``) and returns the claims; ``user_claims``/``account_claims`` read
+what the server needs from them. Pure module: the clock is a parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from edge.auth.permissions import (
+    Permissions,
+    ResponsePermission,
+    SubjectPermission,
+    SubjectRule,
+)
+from edge.nkeys import (
+    PREFIX_ACCOUNT,
+    PREFIX_OPERATOR,
+    PREFIX_USER,
+    NkeyError,
+    public_key_bytes,
+    verify,
+)
+
+MAX_JWT = 16 * 1024  # a JWT larger than this is refused unread
+
+
+class JwtError(ValueError):
+    """A JWT that is malformed, badly signed, expired or of the wrong kind."""
+
+
+def _b64decode(part: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        raise JwtError("not base64url") from None
+
+
+def _json(part: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_b64decode(part))
+    except (ValueError, UnicodeDecodeError):
+        raise JwtError("not JSON") from None
+    if not isinstance(value, dict):
+        raise JwtError("not a JSON object")
+    return value
+
+
+_KIND = {"operator": PREFIX_OPERATOR, "account": PREFIX_ACCOUNT, "user": PREFIX_USER}
+
+
+def decode(token: str, kind: str, now: float) -> dict[str, Any]:
+    """The verified claims of ``token``, a JWT of ``kind`` (operator/account/user).
+
+    The signature is checked against ``iss``; who may issue (the operator, an
+    account or their signing keys) is the caller's question.
+    """
+    if len(token) > MAX_JWT:
+        raise JwtError("too large")
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise JwtError("not a JWT (three parts expected)")
+    header = _json(parts[0])
+    if str(header.get("typ", "")).upper() != "JWT" or header.get("alg") not in (
+        "ed25519-nkey",
+        "ed25519",
+    ):
+        raise JwtError("unsupported JWT header")
+    claims = _json(parts[1])
+    issuer = claims.get("iss")
+    subject = claims.get("sub")
+    if not isinstance(issuer, str) or not isinstance(subject, str):
+        raise JwtError("iss and sub must be strings")
+    signature = _b64decode(parts[2])
+    if not verify(issuer, f"{parts[0]}.{parts[1]}".encode(), signature):
+        raise JwtError("bad signature")
+    nats = claims.get("nats")
+    if not isinstance(nats, dict):
+        nats = {}
+        claims["nats"] = nats
+    claimed = nats.get("type", claims.get("type"))
+    if claimed != kind:
+        raise JwtError(f"expected a {kind} JWT, got {claimed!r}")
+    try:
+        public_key_bytes(subject, _KIND[kind])
+    except NkeyError:
+        raise JwtError(f"sub is not a {kind} public key") from None
+    _check_window(claims, now)
+    return claims
+
+
+def _check_window(claims: dict[str, Any], now: float) -> None:
+    exp = claims.get("exp")
+    if exp is not None and (not isinstance(exp, int | float) or (exp > 0 and now >= exp)):
+        raise JwtError("expired")
+    nbf = claims.get("nbf")
+    if nbf is not None and (not isinstance(nbf, int | float) or now < nbf):
+        raise JwtError("not valid yet")
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
+
+
+def _subject_permission(value: object) -> SubjectPermission | None:
+    if not isinstance(value, dict) or ("allow" not in value and "deny" not in value):
+        return None
+    allow = value.get("allow")
+    return SubjectPermission(
+        tuple(SubjectRule.parse(s) for s in _strings(allow)) if allow is not None else None,
+        tuple(SubjectRule.parse(s) for s in _strings(value.get("deny"))),
+    )
+
+
+def _limit(nats: dict[str, Any], name: str) -> int:
+    """A JWT limit: -1 (or absent) means unlimited, returned as 0."""
+    value = nats.get(name, -1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class UserClaims:
+    public_key: str
+    name: str
+    issuer: str
+    issuer_account: str | None
+    bearer: bool
+    permissions: Permissions
+    max_subscriptions: int  # 0: unlimited
+    max_payload: int  # 0: unlimited
+
+
+def user_claims(claims: dict[str, Any]) -> UserClaims:
+    nats: dict[str, Any] = claims["nats"]
+    resp = nats.get("resp")
+    responses = None
+    if isinstance(resp, dict):
+        max_msgs = resp.get("max", 1)
+        ttl = resp.get("ttl", 0)  # nanoseconds in JWTs
+        responses = ResponsePermission(
+            max_msgs if isinstance(max_msgs, int) else 1,
+            ttl / 1e9 if isinstance(ttl, int | float) and ttl > 0 else 0.0,
+        )
+    issuer_account = nats.get("issuer_account")
+    return UserClaims(
+        public_key=claims["sub"],
+        name=str(claims.get("name", "")),
+        issuer=claims["iss"],
+        issuer_account=issuer_account if isinstance(issuer_account, str) else None,
+        bearer=nats.get("bearer_token") is True,
+        permissions=Permissions(
+            _subject_permission(nats.get("pub")), _subject_permission(nats.get("sub")), responses
+        ),
+        max_subscriptions=_limit(nats, "subs"),
+        max_payload=_limit(nats, "payload"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountClaims:
+    public_key: str
+    name: str
+    issuer: str
+    signing_keys: frozenset[str]
+    max_connections: int  # 0: unlimited
+    max_subscriptions: int
+    max_payload: int
+    expires: float = 0.0  # 0: never
+
+
+def _signing_keys(nats: dict[str, Any]) -> frozenset[str]:
+    keys: set[str] = set()
+    for entry in nats.get("signing_keys") or ():
+        if isinstance(entry, str):
+            keys.add(entry)
+        elif isinstance(entry, dict) and isinstance(entry.get("key"), str):
+            keys.add(entry["key"])  # a scoped signing key
+    return frozenset(keys)
+
+
+def account_claims(claims: dict[str, Any]) -> AccountClaims:
+    nats: dict[str, Any] = claims["nats"]
+    limits = nats.get("limits")
+    if not isinstance(limits, dict):
+        limits = {}
+    return AccountClaims(
+        public_key=claims["sub"],
+        name=str(claims.get("name", "")),
+        issuer=claims["iss"],
+        signing_keys=_signing_keys(nats),
+        max_connections=_limit(limits, "conn"),
+        max_subscriptions=_limit(limits, "subs"),
+        max_payload=_limit(limits, "payload"),
+        expires=float(claims.get("exp") or 0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    public_key: str
+    signing_keys: frozenset[str]
+    system_account: str | None
+
+    def may_issue(self, key: str) -> bool:
+        return key == self.public_key or key in self.signing_keys
+
+
+def operator_from_jwt(token: str, now: float) -> Operator:
+    claims = decode(token, "operator", now)
+    nats: dict[str, Any] = claims["nats"]
+    system = nats.get("system_account")
+    return Operator(claims["sub"], _signing_keys(nats), system if isinstance(system, str) else None)
+
+
+def verified_account(token: str, operator: Operator, now: float) -> AccountClaims:
+    claims = decode(token, "account", now)
+    if not operator.may_issue(claims["iss"]):
+        raise JwtError("account JWT not issued by the operator")
+    return account_claims(claims)
+
+
+def verified_user(token: str, now: float) -> UserClaims:
+    """A user JWT's claims (its signature checked; its issuer not yet: see
+    ``check_user_issuer`` once the account is known)."""
+    return user_claims(decode(token, "user", now))
+
+
+def user_account_key(user: UserClaims) -> str:
+    """The account the user belongs to: ``issuer_account`` or the issuer itself."""
+    return user.issuer_account or user.issuer
+
+
+def check_user_issuer(user: UserClaims, account: AccountClaims) -> None:
+    if user.issuer != account.public_key and user.issuer not in account.signing_keys:
+        raise JwtError("user JWT not issued by its account or one of its signing keys")

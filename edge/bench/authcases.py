@@ -1,0 +1,148 @@
+"""The security cases: connection setup with and without authentication, and
+pub -> sub throughput with and without permission checks.
+
+``connect_*``: one client connects, reads INFO, sends CONNECT (with the case's
+credentials; for nkeys the signed nonce) and PING, waits for the PONG and closes,
+over and over for the run's duration: connections set up per second. Compare
+``connect_none`` with ``connect_token``/``connect_user``/``connect_nkey``.
+
+``pub_sub_128_perms``: ``pub_sub_128`` with the clients bound (through
+``no_auth_user``) to a user whose publish and subscribe permissions have allow and
+deny lists; compare with ``pub_sub_128`` (and ``pub_sub_128_auth``: the same user
+without permissions, to separate the two costs).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .cases import throughput
+from .common import PING, SOCKET_TIMEOUT, BenchError, Measurement, Runner, Target
+from .loadgen import WorkerSpec
+from .protocol import await_pong, connect, recv_line
+from .servers import start_server, stop_server
+
+_PERMS_NATS = """
+authorization {
+  users = [
+    {user: bench, password: x, permissions: {
+      publish: {allow: ["bench.>", "_INBOX.>"], deny: ["bench.secret", "admin.>"]},
+      subscribe: {allow: ["bench.>", "_INBOX.>"], deny: ["bench.secret"]}
+    }}
+  ]
+}
+no_auth_user: bench
+"""
+_PERMS_TOML = """
+no_auth_user = "bench"
+[[authorization.users]]
+user = "bench"
+password = "x"
+[authorization.users.permissions.publish]
+allow = ["bench.>", "_INBOX.>"]
+deny = ["bench.secret", "admin.>"]
+[authorization.users.permissions.subscribe]
+allow = ["bench.>", "_INBOX.>"]
+deny = ["bench.secret"]
+"""
+_USER_ONLY_NATS = "authorization { users = [{user: bench, password: x}] }\nno_auth_user: bench\n"
+_USER_ONLY_TOML = (
+    'no_auth_user = "bench"\n[[authorization.users]]\nuser = "bench"\npassword = "x"\n'
+)
+
+
+def _config(t: Target, nats: str, toml: str) -> str:
+    return nats if t.side == "nats" else toml
+
+
+def _nkey_config(t: Target, public: str) -> str:
+    if t.side == "nats":
+        return f"authorization {{ users = [{{nkey: {public}}}] }}\n"
+    return f'[[authorization.users]]\nnkey = "{public}"\n'
+
+
+def _connect_rate(method: str) -> Runner:
+    def run(t: Target, warmup: float, duration: float) -> Measurement:
+        signer: Any = None
+        config: str | None = None
+        creds: dict[str, str] = {}
+        if method == "token":
+            config = _config(
+                t, "authorization { token: s3cr3t }\n", '[authorization]\ntoken = "s3cr3t"\n'
+            )
+            creds = {"auth_token": "s3cr3t"}
+        elif method == "user":
+            config = _config(
+                t,
+                "authorization { users = [{user: bench, password: s3cr3t}] }\n",
+                '[[authorization.users]]\nuser = "bench"\npassword = "s3cr3t"\n',
+            )
+            creds = {"user": "bench", "pass": "s3cr3t"}
+        elif method == "nkey":
+            from edge.nkeys import PREFIX_USER, KeyPair
+
+            signer = KeyPair.generate(PREFIX_USER)
+            config = _nkey_config(t, signer.public_key())
+            creds = {"nkey": signer.public_key()}
+        server = start_server(t.cmd, config=config)
+        try:
+            _setups(server.port, creds, signer, warmup)
+            start = time.monotonic()
+            n = _setups(server.port, creds, signer, duration)
+            return Measurement(n / (time.monotonic() - start))
+        finally:
+            stop_server(server)
+
+    return run
+
+
+def _setups(port: int, creds: dict[str, str], signer: Any, seconds: float) -> int:
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        sock = connect(port)
+        try:
+            buf = bytearray()
+            deadline = time.monotonic() + SOCKET_TIMEOUT
+            info = json.loads(recv_line(sock, buf, deadline)[5:])
+            opts: dict[str, Any] = {"verbose": False, "pedantic": False, **creds}
+            if signer is not None:
+                opts["sig"] = signer.sign_nonce(info["nonce"])
+            sock.sendall(b"CONNECT " + json.dumps(opts).encode() + b"\r\n" + PING)
+            await_pong(sock, buf, deadline)
+        finally:
+            sock.close()
+        n += 1
+    if n == 0:
+        raise BenchError("no connection set up")
+    return n
+
+
+def _pub_sub_config(nats: str, toml: str) -> Runner:
+    size = 128
+    specs = [
+        WorkerSpec("sub", {"size": size, "queue": None}),
+        WorkerSpec("pub", {"size": size, "ping_end": False, "overrun": 0.1}),
+    ]
+
+    def run(t: Target, warmup: float, duration: float) -> Measurement:
+        server = start_server(t.cmd, config=_config(t, nats, toml))
+        try:
+            rate, extra = throughput(server, specs, warmup, duration, "sub")
+        finally:
+            stop_server(server)
+        return Measurement(rate, extra)
+
+    return run
+
+
+AUTH_RUNNERS: dict[str, Runner] = {
+    "connect_none": _connect_rate("none"),
+    "connect_token": _connect_rate("token"),
+    "connect_user": _connect_rate("user"),
+    "connect_nkey": _connect_rate("nkey"),
+    "pub_sub_128_auth": _pub_sub_config(_USER_ONLY_NATS, _USER_ONLY_TOML),
+    "pub_sub_128_perms": _pub_sub_config(_PERMS_NATS, _PERMS_TOML),
+}

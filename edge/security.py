@@ -1,0 +1,306 @@
+"""The server's security shell: TLS on the client port, CONNECT authentication,
+permission checks with their errors and logs, accounts and their limits.
+
+The decisions are made by the pure modules in ``edge.auth`` (who a CONNECT is,
+what a user may publish or subscribe) and ``edge.accounts`` (account routers and
+imports); this module feeds them the nonce, the certificate, the clock and the
+files, runs bcrypt in a worker thread, and turns refusals into ``-ERR`` lines and
+log events (names and subjects, never passwords, tokens or signatures).
+
+Only servers configured with users, accounts, TLS or an operator have a
+``Security``; the others keep the original, cheaper CONNECT path.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from edge.accounts import Accounts
+from edge.auth.authn import Authenticator, Identity, Resolver, cert_identities
+from edge.auth.permissions import (
+    PublishCache,
+    delivery_denied,
+    deny_subjects,
+    needs_deny_filter,
+    publish_violation,
+    subscribe_allowed,
+    subscribe_violation,
+)
+from edge.auth.settings import GLOBAL_ACCOUNT, TLSServerConfig
+from edge.config import ConfigError, ServerConfig
+from edge.connection import ClientConnection
+from edge.log import get_logger
+from edge.proto import errors
+from edge.proto.errors import CloseReason, ProtocolError
+from edge.proto.session import ConnectOptions, parse_connect
+from edge.router import Router, Subscription
+from edge.subjects import is_valid_publish_subject
+
+if TYPE_CHECKING:
+    from edge.server import Server
+
+log = get_logger("edge.security")
+
+MAX_ACCOUNT_CONNECTIONS = ProtocolError(
+    "maximum account active connections exceeded", True, CloseReason.MAX_CONNECTIONS
+)
+
+
+def tls_context(tls: TLSServerConfig) -> ssl.SSLContext:
+    """The client port's TLS context; a bad file is a ConfigError naming its key and path."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            "tls.cert_file",
+            f"cannot load certificate {tls.cert_file!r} with key {tls.key_file!r}: {exc}",
+        ) from None
+    if tls.ca_file is not None:
+        try:
+            ctx.load_verify_locations(tls.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("tls.ca_file", f"cannot load CA {tls.ca_file!r}: {exc}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.verify or tls.verify_and_map else ssl.CERT_NONE
+    return ctx
+
+
+def _dir_resolver(directory: str) -> Resolver:
+    def resolve(account: str) -> str | None:
+        # Account public keys are base32: no path separators can sneak in.
+        if not account.isalnum():
+            return None
+        try:
+            with open(os.path.join(directory, account + ".jwt"), encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    return resolve
+
+
+class GuardedConnection(ClientConnection):
+    """A client connection of a server with permissions: deliveries that need a
+    check (deny filters, reply subjects to remember for allow_responses) go
+    through ``deliver``; the others stay on the router's inline path."""
+
+    __slots__ = ()
+
+    def deliver(
+        self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None:
+        if self.deny and delivery_denied(self.deny, subject):
+            return
+        if reply and self.perms is not None and self.perms.rule is not None:
+            self.perms.note_request(reply, trio.current_time())
+        super().deliver(sub, subject, reply, hdr, data)
+
+
+class Security:
+    def __init__(self, server: Server, config: ServerConfig) -> None:
+        sec = config.security
+        self.server = server
+        resolver: Resolver | None = None
+        if sec.resolver == "MEMORY":
+            resolver = dict(sec.resolver_preload).get
+        elif sec.resolver_dir is not None:
+            resolver = _dir_resolver(sec.resolver_dir)
+        try:
+            self.authenticator = Authenticator(
+                sec,
+                config.auth.user,
+                config.auth.password,
+                config.auth.token,
+                resolver,
+            )
+        except ValueError as exc:
+            raise ConfigError("operator", f"not a valid operator JWT: {exc}") from None
+        self.tls = sec.tls
+        self.ssl = tls_context(sec.tls) if sec.tls is not None else None
+        self.accounts = Accounts(server.router, sec.accounts)
+        self.connections: dict[str, int] = {}
+        # Whether any connection may carry permissions (then GuardedConnection).
+        self.guarded = sec.operator is not None or any(not u.permissions.empty for u in sec.users)
+
+    # ---- the connection's start ---------------------------------------------------
+
+    def connection_class(self) -> type[ClientConnection]:
+        return GuardedConnection if self.guarded else ClientConnection
+
+    def info_fields(self) -> dict[str, object]:
+        fields: dict[str, object] = {}
+        if self.authenticator.required:
+            fields["auth_required"] = True
+        if self.tls is not None:
+            fields["tls_required"] = True
+            if self.tls.verify or self.tls.verify_and_map:
+                fields["tls_verify"] = True
+        return fields
+
+    def nonce(self) -> str | None:
+        return secrets.token_urlsafe(11) if self.authenticator.needs_nonce else None
+
+    async def start_tls(
+        self, stream: trio.SocketStream, client: ClientConnection, info: bytes
+    ) -> trio.SSLStream[trio.SocketStream] | None:
+        """INFO then the handshake (or the handshake first); None if it failed."""
+        assert self.ssl is not None and self.tls is not None
+        tls = trio.SSLStream(stream, self.ssl, server_side=True)
+        try:
+            with trio.fail_after(self.tls.timeout):
+                if not self.tls.handshake_first:
+                    await stream.send_all(info)
+                await tls.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            cause = exc.__cause__ or exc
+            log.info("tls_handshake_failed", cid=client.cid, ip=client.ip, error=str(cause)[:200])
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await trio.aclose_forcefully(stream)
+            return None
+        return tls
+
+    # ---- CONNECT ------------------------------------------------------------------
+
+    async def connect(self, client: ClientConnection, raw: bytes) -> ConnectOptions:
+        options = parse_connect(raw)
+        nonce = client.nonce
+        names = _cert_names(client.stream)
+        auth = self.authenticator
+        if auth.expensive(options):
+            identity = await trio.to_thread.run_sync(
+                auth.authenticate, options, nonce, time.time(), names
+            )
+        else:
+            identity = auth.authenticate(options, nonce, time.time(), names)
+        if identity is None:
+            log.warning(
+                "authorization_violation",
+                cid=client.cid,
+                ip=client.ip,
+                user=options.user or options.nkey or "",
+            )
+            raise errors.AUTH_VIOLATION
+        accepted = client.session.accept(options, True)
+        self._bind(client, identity)
+        return accepted
+
+    def _bind(self, client: ClientConnection, identity: Identity) -> None:
+        account = identity.account
+        limits = self.accounts.limits.get(account)
+        claims = identity.account_limits
+        max_conns = (limits.max_connections if limits else 0) or (
+            claims.max_connections if claims else 0
+        )
+        if max_conns and self.connections.get(account, 0) >= max_conns:
+            log.warning("account_max_connections", cid=client.cid, account=account)
+            raise MAX_ACCOUNT_CONNECTIONS
+        self.connections[account] = self.connections.get(account, 0) + 1
+        client.identity = identity
+        client.router = self.accounts.router(account)
+        subs = _lowest(
+            client.session.max_subscriptions,
+            identity.max_subscriptions,
+            limits.max_subscriptions if limits else 0,
+            claims.max_subscriptions if claims else 0,
+        )
+        client.session.max_subscriptions = subs
+        payload = _lowest(
+            client.parser.max_payload,
+            identity.max_payload,
+            limits.max_payload if limits else 0,
+            claims.max_payload if claims else 0,
+        )
+        client.parser.max_payload = payload
+        perms = identity.permissions
+        if not perms.empty:
+            if perms.publish is not None or perms.responses is not None:
+                client.perms = PublishCache(perms)
+                client.pub_valid = client.perms.allowed
+            client.sub_perm = perms.subscribe
+            if perms.responses is not None:
+                client.inline = False  # deliveries note reply subjects
+        log.debug("client_authenticated", cid=client.cid, user=identity.name, account=account)
+
+    def forget(self, client: ClientConnection) -> None:
+        identity = client.identity
+        if isinstance(identity, Identity):
+            left = self.connections.get(identity.account, 1) - 1
+            self.connections[identity.account] = max(left, 0)
+
+    # ---- permissions --------------------------------------------------------------
+
+    def check_publish(self, client: ClientConnection, subject: bytes) -> bool:
+        perms = client.perms
+        assert perms is not None
+        if perms.check(subject, trio.current_time()):
+            if not is_valid_publish_subject(subject):
+                perms.allowed.discard(subject)  # the fast path takes valid subjects only
+            return True
+        client.send(publish_violation(subject))
+        log.warning(
+            "publish_violation",
+            cid=client.cid,
+            user=_name(client),
+            subject=subject.decode("utf-8", "replace"),
+        )
+        return False
+
+    def check_subscribe(
+        self, client: ClientConnection, subject: bytes, queue: bytes | None
+    ) -> bool:
+        perm = client.sub_perm
+        if subscribe_allowed(perm, subject, queue):
+            if not client.deny and needs_deny_filter(perm, subject):
+                client.deny = deny_subjects(perm)
+                client.inline = False
+            return True
+        client.send(subscribe_violation(subject, queue))
+        log.warning(
+            "subscribe_violation",
+            cid=client.cid,
+            user=_name(client),
+            subject=subject.decode("utf-8", "replace"),
+            queue=queue.decode("utf-8", "replace") if queue else None,
+        )
+        return False
+
+    def router_for(self, account: str | None) -> Router:
+        return self.accounts.router(account or GLOBAL_ACCOUNT)
+
+
+def _name(client: ClientConnection) -> str:
+    identity = client.identity
+    return identity.name if isinstance(identity, Identity) else ""
+
+
+def _lowest(*limits: int) -> int:
+    """The tightest of the non-zero limits (0: none)."""
+    set_limits = [n for n in limits if n > 0]
+    return min(set_limits) if set_limits else 0
+
+
+def _cert_names(stream: object) -> tuple[str, ...] | None:
+    if not isinstance(stream, trio.SSLStream):
+        return None
+    der = stream.getpeercert(binary_form=True)
+    if not der:
+        return None
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    emails: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        emails = tuple(san.get_values_for_type(x509.RFC822Name))
+        dns = tuple(san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        pass
+    return cert_identities(emails, dns, cert.subject.rfc4514_string())

@@ -1,0 +1,141 @@
+"""Accounts with nats-py: request/reply through a service import (both servers), the
+leafnode uplink bound to one local account, and the per-account and per-user limits
+(leafgate's own keys)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats.errors
+import pytest
+import trio
+from nats.aio.msg import Msg
+
+from tests.aio import connect, run, settle
+from tests.conftest import ServerFactory
+from tests.harness import RawClient, ServerProcess, start_leafgate
+from tests.hubs import start_hub
+from tests.test_security_differential import ACCOUNTS
+from tests.test_uplink import link_ready
+
+
+def _url(server: ServerProcess, user: str) -> str:
+    return f"nats://{user}:p@127.0.0.1:{server.port}"
+
+
+def test_service_import_request_reply(both: ServerFactory) -> None:
+    server = both(config=ACCOUNTS)
+
+    async def scenario() -> None:
+        a = await connect(_url(server, "a"))
+        b = await connect(_url(server, "b"))
+        c = await connect(_url(server, "c"))
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"12:00 for " + msg.data)
+
+        await a.subscribe("time", cb=answer)
+        await settle(a)
+        reply = await b.request("a.time", b"b", timeout=5)
+        assert reply.data == b"12:00 for b"
+        # C imports nothing: the service does not exist there.
+        with pytest.raises(nats.errors.NoRespondersError):
+            await c.request("a.time", b"c", timeout=2)
+        with pytest.raises(nats.errors.NoRespondersError):
+            await c.request("time", b"c", timeout=2)
+        for nc in (a, b, c):
+            await nc.close()
+
+    run(scenario())
+
+
+LIMITS = """
+[accounts.A]
+users = [{ user = "a", password = "p", max_subscriptions = 2 }]
+max_connections = 2
+max_payload = 16
+"""
+
+
+async def test_account_and_user_limits(leafgate_factory: ServerFactory) -> None:
+    server = leafgate_factory(config_text=LIMITS)
+    login = b'CONNECT {"verbose":false,"user":"a","pass":"p"}\r\n'
+    first = await RawClient.connect(server.port)
+    await first.read_info()
+    await first.send(login + b"SUB one 1\r\nSUB two 2\r\nSUB three 3\r\n")
+    assert await first.read_line() == b"-ERR 'maximum subscriptions exceeded'"
+    second = await RawClient.connect(server.port)
+    await second.read_info()
+    await second.send(login)
+    assert await second.ping() == []
+    third = await RawClient.connect(server.port)
+    await third.read_info()
+    await third.send(login)
+    assert await third.read_line() == b"-ERR 'maximum account active connections exceeded'"
+    assert await third.closed(timeout=2)
+    await second.aclose()
+    await trio.sleep(0.2)
+    again = await RawClient.connect(server.port)  # the freed slot is usable again
+    await again.read_info()
+    await again.send(login + b"PUB x 17\r\n" + b"y" * 17 + b"\r\n")
+    assert await again.read_line() == b"-ERR 'Maximum Payload Violation'"
+    for client in (first, third, again):
+        await client.aclose()
+
+
+def test_uplink_bound_to_local_account(tmp_path: Path) -> None:
+    """Only account B's subjects go up the link; A's stay local."""
+    hub = start_hub(tmp_path / "hub", jetstream=False)
+    toml = (
+        "[accounts.A]\n"
+        'users = [{ user = "a", password = "p" }]\n'
+        "[accounts.B]\n"
+        'users = [{ user = "b", password = "p" }]\n'
+        "[[leafnodes.remotes]]\n"
+        f'url = "nats-leaf://127.0.0.1:{hub.leaf_port}"\n'
+        'local_account = "B"\n'
+    )
+    edge = start_leafgate(config_text=toml, tmp_path=tmp_path / "edge")
+    try:
+
+        async def scenario() -> None:
+            a = await connect(_url(edge, "a"))
+            b = await connect(_url(edge, "b"))
+            h = await connect(f"nats://127.0.0.1:{hub.client_port}")
+            await link_ready(b, h)
+            got: list[bytes] = []
+
+            async def on_msg(msg: Msg) -> None:
+                got.append(msg.subject.encode() + b"=" + msg.data)
+
+            await h.subscribe("up.>", cb=on_msg)
+            await settle(h)
+            await asyncio.sleep(0.3)  # the hub's interest reaches the edge
+            await a.publish("up.a", b"1")
+            await b.publish("up.b", b"2")
+            await settle(a)
+            await settle(b)
+            deadline = asyncio.get_running_loop().time() + 5
+            while not got and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            assert got == [b"up.b=2"]
+            # And down: a hub message reaches B's subscribers only.
+            sub_a = await a.subscribe("down")
+            sub_b = await b.subscribe("down")
+            await settle(a)
+            await settle(b)
+            await asyncio.sleep(0.3)
+            await h.publish("down", b"3")
+            msg = await sub_b.next_msg(timeout=5)
+            assert msg.data == b"3"
+            with pytest.raises(nats.errors.TimeoutError):
+                await sub_a.next_msg(timeout=0.3)
+            for nc in (a, b, h):
+                await nc.close()
+
+        run(scenario())
+    finally:
+        edge.stop()
+        hub.stop()
