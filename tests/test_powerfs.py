@@ -188,6 +188,16 @@ def test_fsynced_data_survives_a_cut_and_unsynced_data_does_not(pfs: PowerFS) ->
     assert pfs.stats()["dirty_files"] == 0
 
 
+def test_sync_writes_everything_back(pfs: PowerFS) -> None:
+    _write(pfs.mount / "a", b"one", sync=False)
+    _write(pfs.mount / "b", b"two", sync=False)
+    assert pfs.sync() == 2
+    _write(pfs.mount / "a", b"+", sync=False, mode="ab")
+    _cut(pfs)
+    assert (pfs.mount / "a").read_bytes() == b"one"
+    assert (pfs.mount / "b").read_bytes() == b"two"
+
+
 def test_only_writes_after_the_last_fsync_are_lost_page_by_page(pfs: PowerFS) -> None:
     path = pfs.mount / "f"
     _write(path, b"A" * (3 * PAGE), sync=True)

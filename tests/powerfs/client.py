@@ -122,6 +122,10 @@ class PowerFS:
     def on(self) -> None:
         self.command("on")
 
+    def sync(self) -> int:
+        """Write every unsynced write back (sync(1)); the number of files."""
+        return int(self.command("sync")["files"])
+
     def stop(self) -> None:
         """Unmount (fusermount3 -u, lazily if busy), then stop the process by its PID."""
         proc = self.proc

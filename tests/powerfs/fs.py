@@ -36,8 +36,13 @@ through this process (no writeback cache), and shared writable ``mmap`` (SQLite'
 back (at the latest on close).  Attributes and entries are not cached (timeouts 0),
 so sizes always come from the overlay.
 
+``sync`` writes every overlay back, as sync(1) (or the kernel's periodic
+writeback, which this file system otherwise never does) would: for a setup that
+should count as long past when the cuts begin.
+
 Control protocol (unix stream socket, one line each way, replies in JSON):
-``stats`` -> counters; ``cut [KEEP SEED]`` -> what was discarded; ``on`` -> ``{}``.
+``stats`` -> counters; ``cut [KEEP SEED]`` -> what was discarded; ``on`` -> ``{}``;
+``sync`` -> how many files were written back.
 """
 
 from __future__ import annotations
@@ -258,6 +263,17 @@ class PowerFS(pyfuse3.Operations):
             "written_back": written_back,
             "lost_pages": dropped_pages - written_back,
         }
+
+    def sync_all(self) -> dict[str, Any]:
+        """Write every overlay back, as sync(1) or the kernel's periodic writeback."""
+        files = 0
+        for node in self.dirty():
+            assert node.overlay is not None
+            _, pwrite, ftruncate = self._io(node)
+            node.overlay.flush(pwrite, ftruncate)
+            os.fsync(self._fd(node))
+            files += 1
+        return {"files": files}
 
     def status(self) -> dict[str, Any]:
         dirty = self.dirty()
@@ -582,6 +598,8 @@ async def _command(fs: PowerFS, line: str) -> dict[str, Any]:
         result = fs.cut(keep, seed)
         await _invalidate_all(fs)
         return result
+    if words[0] == "sync":
+        return fs.sync_all()
     if words[0] == "on":
         fs.power = True
         await _invalidate_all(fs)
