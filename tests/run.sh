@@ -22,6 +22,13 @@ else
 fi
 have mosquitto || missing+=(mosquitto)
 have socat || missing+=(socat)
+# The power-cut fixture (tests/powerfs): fusermount3, and what building pyfuse3 needs.
+have fusermount3 || missing+=(fuse3)
+have pkg-config || missing+=(pkg-config)
+pkg-config --exists fuse3 2>/dev/null || missing+=(libfuse3-dev)
+have gcc || missing+=(gcc)
+"$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || missing+=(python3-dev)
 "$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -37,6 +37,8 @@ _CANDIDATES = [
     ROOT / "store" / "db.py",
     ROOT / "bridges" / "mapping.py",
     ROOT / "bridges" / "framing.py",
+    # The power-cut fixture's page model (its FUSE shell is tests/powerfs/fs.py).
+    ROOT / "tests" / "powerfs" / "overlay.py",
 ]
 PURE_FILES = [path for path in _CANDIDATES if path.exists()]
 
