@@ -250,3 +250,19 @@ def _forwarder(f: ForwarderSnap | None) -> Body | None:
         "inflight": f.inflight,
         "inflight_bytes": f.inflight_bytes,
     }
+
+
+def bridgez(server_id: str, now_ns: int, statuses: Sequence[Body]) -> Body:
+    """Every bridge (MQTT broker, serial port) with its state and counters, as
+    each reports it (``status()``: at least ``name``, ``kind``, ``state``)."""
+    states: dict[str, int] = {}
+    for status in statuses:
+        state = str(status.get("state", "unknown"))
+        states[state] = states.get(state, 0) + 1
+    return {
+        "server_id": server_id,
+        "now": rfc3339(now_ns),
+        "num_bridges": len(statuses),
+        "states": states,
+        "bridges": list(statuses),
+    }

@@ -147,11 +147,8 @@ class AdminService:
         return me.storez(self.server.server_id, time.time_ns(), store)
 
     async def _bridges(self) -> dict[str, object]:
-        return {
-            "server_id": self.server.server_id,
-            "now": rfc3339(time.time_ns()),
-            "bridges": [bridge.status() for bridge in self.server.bridges],
-        }
+        statuses = [bridge.status() for bridge in self.server.bridges]
+        return me.bridgez(self.server.server_id, time.time_ns(), statuses)
 
     async def _status(self) -> dict[str, object]:
         server = self.server

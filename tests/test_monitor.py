@@ -630,6 +630,30 @@ async def test_connection_limit() -> None:
             await client.aclose()
 
 
+class _FakeBridge:
+    """A bridge as the monitor sees one (the real MQTT and serial bridges are
+    checked end to end in their own tests)."""
+
+    def __init__(self, name: str, state: str) -> None:
+        self.name, self.kind, self.state = name, "serial", state
+
+    def status(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind, "state": self.state, "frames_in": 3}
+
+
+async def test_bridgez_lists_every_bridge_with_its_state() -> None:
+    async with open_server(ServerConfig(port=0, http_port=0)) as server:
+        base = f"http://127.0.0.1:{server.http_port}"
+        empty = await trio.to_thread.run_sync(get_json, base + "/bridgez")
+        assert (empty["num_bridges"], empty["bridges"], empty["states"]) == (0, [], {})
+        server.bridges = [_FakeBridge("gps", "open"), _FakeBridge("meter", "waiting")]
+        body = await trio.to_thread.run_sync(get_json, base + "/bridgez")
+        assert body["num_bridges"] == 2 and body["server_id"] == server.server_id
+        assert body["states"] == {"open": 1, "waiting": 1}
+        assert [b["name"] for b in body["bridges"]] == ["gps", "meter"]
+        assert body["bridges"][0]["frames_in"] == 3
+
+
 # ---- /connz on many clients ----------------------------------------------------------------
 
 
