@@ -149,18 +149,33 @@ class PowerFS:
             shutil.rmtree(self._private, ignore_errors=True)
 
 
+def _states(pid: int) -> list[str]:
+    """The scheduler state of each thread of ``pid`` ([] once it is gone)."""
+    states = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread just ended
+        states.append(text.rsplit(")", 1)[1].split()[0])
+    return states
+
+
 def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
-    """Until /proc says the process is stopped (SIGSTOP is asynchronous)."""
+    """Until every thread of the process is stopped: SIGSTOP is asynchronous, and
+    a thread still running after the cut (a store's writer thread) must not be
+    able to write on as if the power were still on (it would get EIO anyway)."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return  # already gone
-        if fields[0] in ("T", "t", "Z", "X"):
+        states = _states(pid)
+        if all(state in ("T", "t", "Z", "X") for state in states):
             return
         if time.monotonic() > deadline:
-            raise PowerFSError(f"process {pid} did not stop (state {fields[0]})")
+            raise PowerFSError(f"process {pid} did not stop (thread states {states})")
         time.sleep(0.001)
 
 
