@@ -113,3 +113,12 @@ def test_the_verdict_finds_each_kind_of_failure() -> None:
     assert [a.data for a in wrong.wrong_seq] == [f1.data]
     foreign = verdict(log, _on_hub(f1, f3, _acked("fsync", 9, 0, 0.0, 0.0)))
     assert foreign.foreign == [b"fsync-9"]
+
+
+def test_the_bench_refuses_a_run_without_cuts(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.bench.powercut import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--cuts", "0"])
+    assert exc.value.code == 2
+    assert "--cuts must be at least 1" in capsys.readouterr().err
