@@ -6,7 +6,9 @@ in WAL mode recovers a half-written WAL by itself (an uncommitted tail is
 ignored). A file that is not a database, or that fails ``PRAGMA quick_check``,
 is renamed ``leafgate.db.corrupt-<UTC time>`` (with its -wal and -shm), a fresh
 store is created in its place, and whatever rows can still be read from the old
-one are copied into it (best effort). The caller reports it loudly.
+one are copied into it (best effort). The caller reports it loudly. A marker
+file, durable before the rename and removed after the salvage commit, makes a
+crash in between resumable (see ``_set_aside``).
 
 Migrations are plain SQL keyed by ``PRAGMA user_version`` (sqlite-utils takes
 about 300 ms to import on a small device; it is used by the operator tools,
@@ -127,25 +129,33 @@ def open_store(
     except OSError as exc:
         raise StoreOpenError(f"cannot create {directory}: {exc.strerror or exc}") from None
     path = db_path(directory)
+    set_aside = _interrupted_set_aside(path)
     created = not path.exists()
-    set_aside: Path | None = None
     damage: str | None = None
     conn: sqlite3.Connection | None = None
-    try:
+    if set_aside is not None:
+        # A crash came between setting a damaged store aside and finishing the
+        # salvage: the store in place is the fresh one, perhaps without the rows
+        # or the sequence floor yet. Do the salvage again (it is idempotent).
+        damage = "setting the damaged store aside was interrupted by a crash; resumed"
         conn = connect(path)
-        damage = check(conn)
-        if damage is None:
-            try:
-                migrate(conn)
-            except StoreOpenError:
-                conn.close()
-                raise
-    except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.OperationalError) and _is_environmental(exc):
-            raise StoreOpenError(f"cannot open {path}: {exc}") from None
-        conn = None
-        damage = str(exc)
-    if damage is not None or conn is None:
+        migrate(conn)
+    else:
+        try:
+            conn = connect(path)
+            damage = check(conn)
+            if damage is None:
+                try:
+                    migrate(conn)
+                except StoreOpenError:
+                    conn.close()
+                    raise
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_environmental(exc):
+                raise StoreOpenError(f"cannot open {path}: {exc}") from None
+            conn = None
+            damage = str(exc)
+    if conn is None or (set_aside is None and damage is not None):
         if conn is not None:
             conn.close()
         set_aside = _set_aside(path)
@@ -173,6 +183,9 @@ def open_store(
         _record_event(
             conn, "set_aside", f"{damage}; moved to {set_aside.name}; salvaged {salvaged}"
         )
+        # Done: the salvage, the identity and the sequence floor are committed
+        # (a crash before this line repeats them, and may record the event twice).
+        _remove_marker(path)
     server_id = _meta_value(conn, "server_id", old_meta.get("server_id") or new_server_id())
     report = OpenReport(path, created, gateway, next_seq, server_id, set_aside, damage, salvaged)
     return conn, report
@@ -196,17 +209,78 @@ def _is_environmental(exc: sqlite3.OperationalError) -> bool:
 
 
 def _set_aside(path: Path) -> Path:
+    """Rename the damaged store. A marker (``leafgate.db.set-aside``, naming the
+    target) is made durable first and removed once the salvage is committed, so
+    that a crash in between is resumed (:func:`_interrupted_set_aside`) instead of
+    leaving a fresh empty store whose readable rows, gateway id and sequence floor
+    stay behind in the set-aside file."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
     while target.exists():
         n += 1
         target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    for suffix in ("", "-wal", "-shm"):
+    marker = _marker(path)
+    with open(marker, "w") as f:
+        f.write(target.name)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(path.parent)
+    _move_parts(path, target, ("", "-wal", "-shm"))
+    _fsync_dir(path.parent)
+    return target
+
+
+def _move_parts(path: Path, target: Path, suffixes: tuple[str, ...]) -> None:
+    for suffix in suffixes:
         part = Path(str(path) + suffix)
         if part.exists():
             os.replace(part, Path(str(target) + suffix))
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".set-aside")
+
+
+def _interrupted_set_aside(path: Path) -> Path | None:
+    """The set-aside file of a set-aside a crash interrupted, else None.
+
+    The marker names it. If it does not exist the rename never happened: the
+    damaged store is still in place and is found damaged again (the marker goes).
+    If the store itself is missing, the crash came in the middle of the renames:
+    its -wal and -shm, still in place, belong to the damaged store and follow it."""
+    marker = _marker(path)
+    try:
+        name = marker.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name.startswith(path.name + ".corrupt-") or os.sep in name:
+        _remove_marker(path)  # not one of ours
+        return None
+    target = path.with_name(name)
+    if not target.exists():
+        _remove_marker(path)
+        return None
+    if not path.exists():
+        _move_parts(path, target, ("-wal", "-shm"))
     return target
+
+
+def _remove_marker(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_marker(path))
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames and removals in *directory* durable (best effort: not every
+    file system lets a directory be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _salvage(old: Path, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
