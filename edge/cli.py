@@ -496,6 +496,18 @@ def describe(config: ServerConfig) -> list[str]:
         auth = f"user {config.auth.user!r} with password"
     else:
         auth = "none"
+    sec = config.security
+    if sec.operator is not None:
+        auth = f"operator mode, resolver {sec.resolver}"
+    elif sec.users:
+        auth = f"{len(sec.users)} users in {len(sec.account_names())} accounts"
+        if sec.no_auth_user:
+            auth += f", no_auth_user {sec.no_auth_user!r}"
+    if sec.tls is not None:
+        verify = (
+            ", client certificates verified" if sec.tls.verify or sec.tls.verify_and_map else ""
+        )
+        auth += f"; TLS{verify}"
     level = "trace" if config.log.trace else "debug" if config.log.debug else "info"
     lines = [
         f"listen:            {config.host}:{port}",

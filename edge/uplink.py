@@ -90,7 +90,12 @@ class Uplink:
         self.server = server
         self.remote = remote
         self.index = index
-        self.router = server.router_for(remote.local_account)
+        # The local account this link carries (the global one unless local_account).
+        self.router = (
+            server.router
+            if remote.local_account is None
+            else server.router_for(remote.local_account)
+        )
         self.urls: list[LeafURL] = [parse_leaf_url(u) for u in remote.urls]
         self.identity = LeafIdentity(
             server_id=server.server_id,

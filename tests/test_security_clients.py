@@ -322,3 +322,41 @@ async def test_hostile_jwts_close_only_their_client(both: ServerFactory) -> None
     frames = await keeper.ping()
     assert [f.payload for f in frames] == [b"ok"], frames
     await keeper.aclose()
+
+
+async def test_silent_tls_client_closed_at_tls_timeout(
+    leafgate_factory: ServerFactory, tls_files: TLSFiles
+) -> None:
+    """A client that opens TCP and never starts TLS holds nothing past tls.timeout."""
+    cfg = _tls_config(tls_files, verify=False)
+    server = leafgate_factory(config_text=cfg.toml + "timeout = 0.5\n")
+    client = await RawClient.connect(server.port)
+    info = await client.read_info()
+    assert info["tls_required"] is True
+    start = time.monotonic()
+    assert await client.closed(timeout=3)
+    assert time.monotonic() - start < 2.5
+    await client.aclose()
+    assert "tls_handshake_failed" in server.log_tail(4000)
+
+
+def test_secrets_never_logged(leafgate_factory: ServerFactory) -> None:
+    server = leafgate_factory(
+        "-DV",
+        config_text=(
+            "[[authorization.users]]\n"
+            'user = "alice"\npassword = "pw-SECRET-1"\n'
+            "[[authorization.users]]\n"
+            'user = "bob"\npassword = "pw-SECRET-2"\n'
+        ),
+    )
+
+    async def scenario() -> None:
+        await _round_trip(server.url, user="alice", password="pw-SECRET-1")
+        await _refused(server.url, user="bob", password="pw-SECRET-3-wrong")
+        await _refused(server.url, token="tok-SECRET-4")
+
+    run(scenario())
+    log = server.log_tail(200_000)
+    assert "authorization_violation" in log  # the refusals were logged ...
+    assert "SECRET" not in log  # ... without any password or token
