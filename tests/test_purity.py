@@ -33,6 +33,9 @@ _CANDIDATES = [
     ROOT / "store" / "db.py",
     ROOT / "bridges" / "mapping.py",
     ROOT / "bridges" / "framing.py",
+    ROOT / "bridges" / "serial" / "config.py",
+    ROOT / "bridges" / "serial" / "framing.py",
+    ROOT / "bridges" / "serial" / "template.py",
 ]
 PURE_FILES = [path for path in _CANDIDATES if path.exists()]
 
