@@ -227,7 +227,7 @@ def test_port_config_defaults_and_errors_name_the_key() -> None:
     port = parse_serial_port({"name": "gps", "id": "usb-u-blox-if00"}, "bridges.serial[0]")
     assert port.path == "/dev/serial/by-id/usb-u-blox-if00"
     assert (port.baud, port.framing, port.subject.text) == (9600, "lines", "serial.{port}")
-    cases = [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"path": "/dev/x"}, "name"),
         ({"name": "a"}, "path"),
         ({"name": "a.b", "path": "/dev/x"}, "name"),
