@@ -48,6 +48,7 @@ class SerialResult:
     bytes_per_s: float
     frames_per_s: float
     leafgate_cpu_pct: float  # of one core, over the send window
+    max_write_block_ms: float  # longest the pty was full (the bridge behind)
 
 
 class _Pty:
@@ -143,21 +144,27 @@ def _frame(seq: int) -> bytes:
     return b"%08d,21.50,40.10,1013.25,ok\r\n" % seq
 
 
-def _send(fd: int, baud: int, duration: float) -> int:
-    """Numbered frames at ``baud`` (ten bits a byte) for ``duration`` seconds."""
+def _send(fd: int, baud: int, duration: float) -> tuple[int, float]:
+    """Numbered frames at ``baud`` (ten bits a byte) for ``duration`` seconds.
+
+    Returns the frames sent and the longest a write blocked (the pty full:
+    the bridge fell behind the line rate for that long)."""
     rate = baud / 10.0
     size = len(_frame(0))
+    total = int(duration * rate) // size
     start = time.monotonic()
     sent = 0
-    while True:
+    stall = 0.0
+    while sent < total:
         elapsed = time.monotonic() - start
-        if elapsed >= duration:
-            return sent
-        due = int(elapsed * rate) // size
+        due = total if elapsed >= duration else int(elapsed * rate) // size
         if due > sent:
+            t = time.monotonic()
             os.write(fd, b"".join(_frame(i) for i in range(sent, due)))
+            stall = max(stall, time.monotonic() - t)
             sent = due
         time.sleep(0.002)
+    return sent, stall
 
 
 def run(duration: float, baud: int, cmd: list[str]) -> SerialResult:
@@ -176,7 +183,7 @@ def run(duration: float, baud: int, cmd: list[str]) -> SerialResult:
             if not sub.ready.wait(5):
                 raise BenchError("the subscriber got no PONG")
             cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
-            sent = _send(pty.fd, baud, duration)
+            sent, stall = _send(pty.fd, baud, duration)
             window = time.monotonic() - t0
             cpu = cpu_seconds(server.pid) - cpu0
             deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -206,6 +213,7 @@ def run(duration: float, baud: int, cmd: list[str]) -> SerialResult:
         bytes_per_s=round(sent * size / window, 1),
         frames_per_s=round(sent / window, 1),
         leafgate_cpu_pct=round(100.0 * cpu / window, 1),
+        max_write_block_ms=round(stall * 1000, 1),
     )
 
 
