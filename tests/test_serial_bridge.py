@@ -180,7 +180,7 @@ async def test_downlink_writes_and_request_reply(pty: PtyPair) -> None:
 
 async def test_hotplug_absent_at_start_removed_and_back(tmp_path: Path) -> None:
     pair = PtyPair(tmp_path)
-    async with _server(_port(pair)) as server:
+    async with _server(_port(pair, downlink="cmd.s1")) as server:
         bridge = server.bridges[0]
         assert bridge.status()["state"] == "waiting"  # started with no device
         sub = server.local_client("test").subscribe("serial.>")
@@ -192,6 +192,9 @@ async def test_hotplug_absent_at_start_removed_and_back(tmp_path: Path) -> None:
             pair.stop()  # unplugged
             await _until(lambda: bridge.status()["state"] == "waiting", "port waiting")
             assert bridge.status()["last_error"]
+            # A downlink request to an absent device is answered at once.
+            answer = await server.local_client("app").request("cmd.s1", b"x", timeout=5)
+            assert dict(answer.headers)["Serial-Status"] == "503"
             pair.start()  # plugged back at the same path
             await _opened(bridge)
             await pair.write(b"second\n")
@@ -222,3 +225,18 @@ async def test_garbage_is_counted_and_a_flood_is_bounded(pty: PtyPair) -> None:
             pass
         await pty.write(b"after\n")
         assert (await _take(sub, 1))[0].data == b"after"
+
+
+async def test_a_path_that_is_not_a_serial_port_is_in_error(tmp_path: Path) -> None:
+    notatty = tmp_path / "notatty"
+    notatty.write_text("")
+    port = parse_serial_port({"name": "s1", "path": str(notatty), **FAST}, "p")
+    async with _server(port) as server:
+        bridge = server.bridges[0]
+        await _until(lambda: bridge.status()["state"] == "error", "error state")
+        assert bridge.status()["last_error"]
+        # The server is unaffected.
+        other = server.local_client("x")
+        sub = server.local_client("y").subscribe("still.up")
+        assert other.publish("still.up", b"1")
+        assert (await _take(sub, 1))[0].data == b"1"

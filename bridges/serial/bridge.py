@@ -32,7 +32,7 @@ import trio
 from bridges.serial.config import SerialPortConfig
 from bridges.serial.framing import Decoder, Frame, Rejection, encode_downlink, make_decoder
 from bridges.serial.template import RenderError
-from edge.local import LocalClient, LocalMsg, PublishError
+from edge.local import LocalClient, LocalMsg, LocalSubscription, PublishError
 from edge.log import RateLimitedWarning, get_logger
 
 log = get_logger("bridges.serial")
@@ -83,7 +83,7 @@ class SerialBridge:
         self._tokens = float(config.burst)
         self._refilled = 0.0
         self._warn = RateLimitedWarning(WARN_PERIOD)
-        self._downlink_dropped = 0
+        self._downlink_sub: LocalSubscription | None = None
 
     # ---- status -----------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class SerialBridge:
             "written": self.written,
             "replies": self.replies,
             "reply_timeouts": self.reply_timeouts,
-            "downlink_dropped": self._downlink_dropped,
+            "downlink_dropped": self._downlink_sub.dropped if self._downlink_sub else 0,
             "rejected": dict(self.rejected),
             "rejected_total": sum(self.rejected.values()),
             "reopens": max(0, self.opens - 1),
@@ -117,6 +117,7 @@ class SerialBridge:
         async with trio.open_nursery() as nursery:
             if self.config.downlink:
                 sub = self.client.subscribe(self.config.downlink, pending_msgs=DOWNLINK_PENDING)
+                self._downlink_sub = sub
                 nursery.start_soon(self._downlink, sub)
             task_status.started()
             await self._supervise()
@@ -266,9 +267,8 @@ class SerialBridge:
 
     # ---- downlink ---------------------------------------------------------------------
 
-    async def _downlink(self, sub: Any) -> None:
+    async def _downlink(self, sub: LocalSubscription) -> None:
         async for msg in sub:
-            self._downlink_dropped = sub.dropped
             await self._write_one(msg)
 
     async def _write_one(self, msg: LocalMsg) -> None:
