@@ -39,6 +39,9 @@ _CANDIDATES = [
     ROOT / "bridges" / "framing.py",
     # The power-cut fixture's page model (its FUSE shell is tests/powerfs/fs.py).
     ROOT / "tests" / "powerfs" / "overlay.py",
+    ROOT / "bridges" / "serial" / "config.py",
+    ROOT / "bridges" / "serial" / "framing.py",
+    ROOT / "bridges" / "serial" / "template.py",
 ]
 PURE_FILES = [path for path in _CANDIDATES if path.exists()]
 
