@@ -280,6 +280,8 @@ def health_snap(server: Server) -> HealthSnap:
         lame_duck=server.lame_duck,
         store_error=store_error(server.store),
         links=tuple(link_snap(link) for link in server.uplinks),
+        store_low_disk=server.store is not None
+        and (server.store.low_disk or server.store.disk_full),
     )
 
 

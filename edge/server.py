@@ -47,6 +47,7 @@ from edge.proto.errors import CloseReason
 from edge.proto.ids import new_server_id
 from edge.proto.session import Credentials
 from edge.router import Router
+from edge.sdnotify import Notifier
 from store.errors import StoreOpenError
 
 if TYPE_CHECKING:
@@ -430,13 +431,18 @@ def _write_ports_file(config: ServerConfig, server: Server) -> str | None:
 
 
 async def _signals(
-    server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    server: Server,
+    notifier: Notifier,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with trio.open_signal_receiver(
         signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP
     ) as signals:
         task_status.started()
         async for signum in signals:
+            if signum in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+                notifier.send(STOPPING=1, STATUS="stopping")
             if signum == signal.SIGUSR2:
                 log.info("signal_lame_duck")
                 server.enter_lame_duck()
@@ -463,6 +469,18 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def status_line(server: Server) -> str:
+    """One line for systemd's STATUS= (``systemctl status`` shows it)."""
+    parts = [f"listening on {server.host}:{server.port}", f"{len(server.clients)} clients"]
+    if server.uplinks:
+        up = sum(1 for link in server.uplinks if link.up)
+        parts.append(f"uplinks {up}/{len(server.uplinks)} up")
+    if server.store is not None:
+        held = sum(state.count for state in server.store.groups.states)
+        parts.append(f"backlog {held} msgs")
+    return ", ".join(parts)
+
+
 async def serve(config: ServerConfig) -> int:
     """The ``leafgate run`` entry point: run until a signal stops it; return the exit code."""
     server = Server(config)
@@ -484,8 +502,10 @@ async def serve(config: ServerConfig) -> int:
             except StoreOpenError as exc:
                 log.error("store_open_failed", error=str(exc))
                 return 1
-            # Signals are handled before anyone can learn we are up (pid/ports files).
-            await nursery.start(_signals, server)
+            # Signals are handled before anyone can learn we are up (pid/ports
+            # files, systemd's READY=1).
+            notifier = Notifier()
+            await nursery.start(_signals, server, notifier)
             if config.pid_file:
                 with open(config.pid_file, "w") as f:
                     f.write(str(os.getpid()))
@@ -494,6 +514,8 @@ async def serve(config: ServerConfig) -> int:
             if ports:
                 written.append(ports)
             _tune_gc()
+            notifier.send(READY=1, STATUS=status_line(server), MAINPID=os.getpid())
+            nursery.start_soon(notifier.run_watchdog, lambda: status_line(server))
     finally:
         for path in written:
             with suppress(OSError):
