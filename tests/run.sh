@@ -22,6 +22,8 @@ else
 fi
 have mosquitto || missing+=(mosquitto)
 have socat || missing+=(socat)
+have systemd-analyze || missing+=(systemd)  # tests/test_systemd.py checks the unit
+have debootstrap || missing+=(debootstrap)  # tests/test_images.py builds a Debian root
 "$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ "${#missing[@]}" -gt 0 ]; then
