@@ -6,6 +6,7 @@ Flags follow nats-server's, so ``leafgate -p 4223 -DV`` works where
     leafgate [run] [flags]          run the server (the default)
     leafgate check-config -c FILE   validate a config file and print a summary
     leafgate bench [args]           load generator (edge.bench)
+    leafgate status [--http URL]    a running server's links, backlog, bridges (edge.status)
 """
 
 from __future__ import annotations
@@ -324,7 +325,9 @@ def _add_server_flags(parser: _Parser) -> None:
         parser.add_argument(flag, action=_Unsupported)
 
 
-_COMMANDS = "commands: run (default), check-config, bench, hub, store; see 'leafgate <command> -h'"
+_COMMANDS = (
+    "commands: run (default), check-config, bench, hub, store, status; see 'leafgate <command> -h'"
+)
 
 
 def _run_parser() -> _Parser:
@@ -647,6 +650,12 @@ def _cmd_store(argv: Sequence[str]) -> int:
     return int(store_main(list(argv), prog=f"{PROG} store"))
 
 
+def _cmd_status(argv: Sequence[str]) -> int:
+    from edge.status import main as status_main  # lazy: an HTTP client, not the server
+
+    return int(status_main(list(argv), prog=f"{PROG} status"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``leafgate`` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -664,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_hub(args)
         if command == "store":
             return _cmd_store(args)
+        if command == "status":
+            return _cmd_status(args)
         print(f"{PROG}: unknown command {command!r} ({_COMMANDS})", file=sys.stderr)
         return 2
     except UnsupportedFlagError as exc:

@@ -7,10 +7,11 @@ Task tree (owned by the server's services nursery)::
 
 Endpoints (GET or HEAD; any other method gets 405, an unknown path 404):
 ``/`` (index), ``/varz``, ``/connz``, ``/subsz`` (alias ``/subscriptionsz``),
-``/leafz``, ``/accountz``, ``/routez``, ``/gatewayz``, ``/healthz`` and
-leafgate's ``/storez``. Bodies are built by ``edge.monitor_json`` (nats-server's
-endpoints) and ``edge.monitor_edge`` (links, health, store) from snapshots
-taken by ``edge.monitor_snap``; see those modules for the fields.
+``/leafz``, ``/accountz``, ``/routez``, ``/gatewayz``, ``/healthz``,
+leafgate's ``/storez`` and Prometheus' ``/metrics`` (``edge.metrics``).
+Bodies are built by ``edge.monitor_json`` (nats-server's endpoints) and
+``edge.monitor_edge`` (links, health, store) from snapshots taken by
+``edge.monitor_snap``; see those modules for the fields.
 
 Bounds: at most ``MAX_CONNECTIONS`` HTTP connections (more are closed at
 once), a request head of at most ``MAX_HEAD`` bytes (431), a body of at most
@@ -26,7 +27,7 @@ import email.utils
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -102,7 +103,9 @@ class Monitor:
             "/healthz": self._healthz,
             "/storez": self._storez,
             "/bridgez": self._bridgez,
+            "/metrics": self._metrics,
         }
+        self._registry: Any = None  # edge.metrics' registry, made at the first scrape
 
     # ---- running ----------------------------------------------------------------
 
@@ -264,6 +267,17 @@ class Monitor:
         now = snap.Clock.now().wall_ns
         server_id = self.server.server_id
         return await self._json(lambda: me.storez(server_id, now, store))
+
+    async def _metrics(self, params: mj.Params) -> Reply:
+        # Imported at the first scrape: prometheus_client is not on the start path.
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from edge.metrics import make_registry
+
+        if self._registry is None:
+            self._registry, self._collector = make_registry(self.server, trio.current_time)
+        self._collector.prepare(await snap.store_snap(self.server))
+        return Reply(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
 
 
 class HTTPConnection:

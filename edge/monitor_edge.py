@@ -123,6 +123,7 @@ class HealthSnap:
     lame_duck: bool
     store_error: str | None  # None: no store, or the store works
     links: tuple[LinkSnap, ...]
+    store_low_disk: bool = False  # the store works, but free disk space is low
 
 
 def healthz(h: HealthSnap, ready: bool) -> tuple[int, Body]:
@@ -135,12 +136,29 @@ def healthz(h: HealthSnap, ready: bool) -> tuple[int, Body]:
     * with ``ready=1`` (leafgate's readiness probe) also 503 while any
       configured uplink is down.
 
+    Either way, what is degraded without failing the probe (an uplink down for
+    liveness, a store low on disk) is listed in ``degraded``; the body is
+    nats-server's ``{"status":"ok"}`` when nothing is.
     nats-server's JetStream parameters (``js-enabled-only`` ...) are ignored.
     """
     error = _health_error(h, ready)
-    if error is None:
-        return 200, {"status": "ok"}
-    return 503, {"status": "unavailable", "error": error}
+    body: Body = {"status": "ok"} if error is None else {"status": "unavailable", "error": error}
+    degraded = [why for why in _degraded(h) if why != error]
+    if degraded:
+        body["degraded"] = degraded
+    return (200 if error is None else 503), body
+
+
+def _degraded(h: HealthSnap) -> list[str]:
+    out = [_link_down(link) for link in h.links if not link.up]
+    if h.store_low_disk:
+        out.append("store-and-forward store is low on disk space")
+    return out
+
+
+def _link_down(link: LinkSnap) -> str:
+    why = f" ({link.last_error})" if link.last_error else ""
+    return f"leafnode uplink {link.index} down: {link.url or 'not connected'}{why}"
 
 
 def _health_error(h: HealthSnap, ready: bool) -> str | None:
@@ -151,8 +169,7 @@ def _health_error(h: HealthSnap, ready: bool) -> str | None:
     if ready:
         for link in h.links:
             if not link.up:
-                why = f" ({link.last_error})" if link.last_error else ""
-                return f"leafnode uplink {link.index} down: {link.url or 'not connected'}{why}"
+                return _link_down(link)
     return None
 
 

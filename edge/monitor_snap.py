@@ -136,7 +136,7 @@ def varz_snap(
         total_connections=server.stats.connections_total,
         leafnodes=sum(1 for link in links if link.up),
         in_msgs=in_msgs + sum(link.msgs_in for link in links),
-        out_msgs=out_msgs + sum(_link_out(link) for link in links),
+        out_msgs=out_msgs + sum(link_out(link) for link in links),
         in_bytes=in_bytes,
         out_bytes=out_bytes,
         slow_consumers=server.stats.slow_consumers,
@@ -172,7 +172,7 @@ def _remote(remote: RemoteConfig) -> RemoteSnap:
     return RemoteSnap(tuple(shown), remote.deny_exports, remote.deny_imports)
 
 
-def _link_out(link: Uplink) -> int:
+def link_out(link: Uplink) -> int:
     """Messages sent up: live traffic plus the store's messages (resends included)."""
     return link.msgs_out + (link.forwarder.sent if link.forwarder is not None else 0)
 
@@ -262,7 +262,7 @@ def link_snap(link: Uplink, subs: bool = False) -> LinkSnap:
         last_error=state.last_error,
         dropped=state.dropped,
         in_msgs=link.msgs_in,
-        out_msgs=_link_out(link),
+        out_msgs=link_out(link),
         hub_interest=len(hub) if state.up else 0,
         hub_subjects=subjects if state.up else (),
         forwarder=forwarder_snap(link.forwarder),
@@ -280,6 +280,8 @@ def health_snap(server: Server) -> HealthSnap:
         lame_duck=server.lame_duck,
         store_error=store_error(server.store),
         links=tuple(link_snap(link) for link in server.uplinks),
+        store_low_disk=server.store is not None
+        and (server.store.low_disk or server.store.disk_full),
     )
 
 

@@ -31,6 +31,7 @@ import os
 import platform
 import random
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from edge.proto.errors import CloseReason
 from edge.proto.ids import new_server_id
 from edge.proto.session import Credentials
 from edge.router import Router
+from edge.sdnotify import Notifier
 from store.errors import StoreOpenError
 
 if TYPE_CHECKING:
@@ -529,6 +531,7 @@ def _reload(server: Server, load: Callable[[], ServerConfig] | None) -> None:
 
 async def _signals(
     server: Server,
+    notifier: Notifier,
     reload: Callable[[], ServerConfig] | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -538,11 +541,16 @@ async def _signals(
     ) as signals:
         task_status.started()
         async for signum in signals:
+            if signum in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+                notifier.send(STOPPING=1, STATUS="stopping")
             if signum == signal.SIGUSR2:
                 log.info("signal_lame_duck")
                 server.enter_lame_duck()
             elif signum == signal.SIGHUP:
+                # systemd shows the unit as reloading until READY=1 comes back.
+                notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
                 _reload(server, reload)
+                notifier.send(READY=1, STATUS=status_line(server))
             else:
                 log.info("signal_shutdown", signal=signal.Signals(signum).name)
                 server.shutdown()
@@ -562,6 +570,18 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def status_line(server: Server) -> str:
+    """One line for systemd's STATUS= (``systemctl status`` shows it)."""
+    parts = [f"listening on {server.host}:{server.port}", f"{len(server.clients)} clients"]
+    if server.uplinks:
+        up = sum(1 for link in server.uplinks if link.up)
+        parts.append(f"uplinks {up}/{len(server.uplinks)} up")
+    if server.store is not None:
+        held = sum(state.count for state in server.store.groups.states)
+        parts.append(f"backlog {held} msgs")
+    return ", ".join(parts)
 
 
 async def serve(config: ServerConfig, reload: Callable[[], ServerConfig] | None = None) -> int:
@@ -587,8 +607,10 @@ async def serve(config: ServerConfig, reload: Callable[[], ServerConfig] | None 
             except StoreOpenError as exc:
                 log.error("store_open_failed", error=str(exc))
                 return 1
-            # Signals are handled before anyone can learn we are up (pid/ports files).
-            await nursery.start(_signals, server, reload)
+            # Signals are handled before anyone can learn we are up (pid/ports
+            # files, systemd's READY=1).
+            notifier = Notifier()
+            await nursery.start(_signals, server, notifier, reload)
             if config.pid_file:
                 with open(config.pid_file, "w") as f:
                     f.write(str(os.getpid()))
@@ -597,6 +619,8 @@ async def serve(config: ServerConfig, reload: Callable[[], ServerConfig] | None 
             if ports:
                 written.append(ports)
             _tune_gc()
+            notifier.send(READY=1, STATUS=status_line(server), MAINPID=os.getpid())
+            nursery.start_soon(notifier.run_watchdog, lambda: status_line(server))
     finally:
         for path in written:
             with suppress(OSError):

@@ -38,6 +38,7 @@ SCHEMA_VERSION = 1  # the newest schema this tool writes (store.db.SCHEMA_VERSIO
 _SIZE = "length(subject) + ifnull(length(hdr), 0) + length(data)"
 _AGGREGATES = f"count(*), sum({_SIZE}), min(seq), max(seq), min(ts), max(ts)"
 EXCLUSIVE_WAIT = 1.0  # seconds purge waits to have the store to itself
+PROGRESS_HELP = "progress on stderr even when it is not a terminal (a line per update)"
 PROGRESS_EVERY = 1000  # rows between progress updates (and replay flushes)
 PROGRESS_PERIOD = 0.2  # seconds between redraws on a terminal
 PAYLOAD_SHOWN = 1024  # payload bytes `list --payload` shows per message
@@ -386,11 +387,13 @@ def count_selected(conn: sqlite3.Connection, selection: Selection) -> tuple[int,
 
 
 class Progress:
-    """A running count on *stream*, redrawn in place on a terminal (at most every
-    PROGRESS_PERIOD s); on a pipe or a log only the final line (``done``)."""
+    """A running count on *stream* (at most every PROGRESS_PERIOD s) when *live*:
+    redrawn in place on a terminal, one line per update elsewhere (``--progress``
+    into a log); otherwise only the final line (``done``)."""
 
     def __init__(self, verb: str, stream: TextIO, total: int | None, live: bool) -> None:
         self.verb, self.stream, self.total, self.live = verb, stream, total, live
+        self.redraw = _isatty(stream)
         self.count = 0
         self._drawn = 0.0
 
@@ -401,12 +404,20 @@ class Progress:
             if now - self._drawn >= PROGRESS_PERIOD:
                 self._drawn = now
                 of = f"/{self.total}" if self.total is not None else ""
-                self.stream.write(f"\r{self.verb} {self.count}{of} messages")
+                line = f"{self.verb} {self.count}{of} messages"
+                self.stream.write(f"\r{line}" if self.redraw else line + "\n")
                 self.stream.flush()
 
     def done(self, text: str) -> None:
-        self.stream.write(("\r\x1b[K" if self._drawn else "") + text + "\n")
+        self.stream.write(("\r\x1b[K" if self._drawn and self.redraw else "") + text + "\n")
         self.stream.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def export(conn: sqlite3.Connection, selection: Selection, out: TextIO, progress: Progress) -> int:
@@ -648,8 +659,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     conn, _ = _open(resolve_dir(args.store, args.config))
     # Live progress only where it cannot land in the data (both on one terminal).
-    live = sys.stderr.isatty() and not (args.output == "-" and sys.stdout.isatty())
-    progress = Progress("exported", sys.stderr, None, live)
+    live = args.progress or (
+        sys.stderr.isatty() and not (args.output == "-" and sys.stdout.isatty())
+    )
+    total = count_selected(conn, _selection(args))[0] if live else None
+    progress = Progress("exported", sys.stderr, total, live)
     with contextlib.closing(conn), _output(args.output) as out:
         size = export(conn, _selection(args), out, progress)
     where = "stdout" if args.output == "-" else args.output
@@ -666,7 +680,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(f"would replay {n} messages ({human_bytes(size)}) from {path} to {args.server}")
             return 0
-        progress = Progress("replayed", sys.stderr, n, sys.stderr.isatty())
+        progress = Progress("replayed", sys.stderr, n, args.progress or sys.stderr.isatty())
         result = asyncio.run(replay(conn, _selection(args), args, progress))
     notes = ""
     if result.merged_headers:
@@ -722,6 +736,7 @@ def _read_commands(sub: Any) -> None:
     lst.set_defaults(func=cmd_list)
     exp = sub.add_parser("export", help="write messages as JSON lines")
     exp.add_argument("-o", "--output", default="-", metavar="FILE", help="default: stdout")
+    exp.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     exp.set_defaults(func=cmd_export)
 
 
@@ -733,6 +748,7 @@ def _write_commands(sub: Any) -> None:
     rep.add_argument("--creds", metavar="FILE", help="credentials (.creds) file")
     rep.add_argument("--timeout", type=float, default=5.0, metavar="S", help="default 5")
     rep.add_argument("--dry-run", action="store_true", help="only count")
+    rep.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     rep.add_argument("--force", action="store_true", help="allow this gateway's own leafgate")
     rep.set_defaults(func=cmd_replay)
     pur = sub.add_parser("purge", help="delete messages")

@@ -59,7 +59,7 @@ from store.groups import (
     Verdict,
 )
 from store.paths import store_dir
-from store.stats import GroupStats, StoreStats, snapshot
+from store.stats import GroupStats, LatencyHistogram, StoreStats, snapshot
 from store.window import Record
 
 log = get_logger("store")
@@ -145,6 +145,7 @@ class Store:
         self.last_error: str | None = None
         self.commits = 0
         self.commit_seconds = 0.0
+        self.commit_latency = LatencyHistogram()
         self.bytes_committed = 0
         self._drop_log = RateLimitedWarning(DROP_LOG_PERIOD)
         # How the server answers a publisher: an error to a connection (set by
@@ -510,8 +511,10 @@ class Store:
                 # Cancelled before the worker thread took the batch (a stop):
                 # put it back, so the final commit at close writes it.
                 self._put_back(batch, spill, deletes)
+        elapsed = time.perf_counter() - started
         self.commits += 1
-        self.commit_seconds += time.perf_counter() - started
+        self.commit_seconds += elapsed
+        self.commit_latency.observe(elapsed)
         self.bytes_committed += sum(r.size for r in inserts)
         assert isinstance(result, buffer.CommitResult)
         self._spill_stuck = False

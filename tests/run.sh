@@ -29,6 +29,8 @@ pkg-config --exists fuse3 2>/dev/null || missing+=(libfuse3-dev)
 have gcc || missing+=(gcc)
 "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || missing+=(python3-dev)
+have systemd-analyze || missing+=(systemd)  # tests/test_systemd.py checks the unit
+have debootstrap || missing+=(debootstrap)  # tests/test_images.py builds a Debian root
 "$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -377,13 +377,22 @@ def test_leafz_and_healthz_rules() -> None:
         base.update(kw)
         return me.healthz(me.HealthSnap(**base), ready)
 
-    assert health(False) == (200, {"status": "ok"})
+    link_down = "leafnode uplink 1 down: nats-leaf://127.0.0.1:7422 (connection refused)"
+    # Live with a link down: healthy, and the body says what is degraded.
+    assert health(False) == (200, {"status": "ok", "degraded": [link_down]})
     status, answer = health(True)
     assert status == 503 and answer["status"] == "unavailable"
-    assert answer["error"] == (
-        "leafnode uplink 1 down: nats-leaf://127.0.0.1:7422 (connection refused)"
-    )
+    assert answer["error"] == link_down and "degraded" not in answer
     assert health(True, links=(up,)) == (200, {"status": "ok"})
+    low = health(True, links=(up,), store_low_disk=True)
+    assert low == (
+        200,
+        {"status": "ok", "degraded": ["store-and-forward store is low on disk space"]},
+    )
+    failing = health(False, links=(up,), store_error="disk I/O error", store_low_disk=True)
+    assert failing[0] == 503 and failing[1]["degraded"] == [
+        "store-and-forward store is low on disk space"
+    ]
     assert health(False, store_error="disk I/O error")[0] == 503
     assert health(False, lame_duck=True)[1]["error"] == "server is in lame duck mode"
 
@@ -744,7 +753,10 @@ def _link_scenario(
     answer = json.loads(body)
     assert status == 503 and answer["status"] == "unavailable"
     assert "uplink 0 down" in answer["error"]
-    assert fetch(url + "/healthz")[0] == 200  # liveness does not depend on the hub
+    status, _headers, body = fetch(url + "/healthz")
+    assert status == 200  # liveness does not depend on the hub, but it shows
+    degraded = json.loads(body)["degraded"]
+    assert len(degraded) == 1 and degraded[0].startswith("leafnode uplink 0 down")
 
     run(_publish(edge.url, 25))
     held = wait_json(url + "/storez", lambda d: d["messages"] == 25, what="25 messages held")

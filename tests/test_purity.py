@@ -26,6 +26,7 @@ _CANDIDATES = [
     ROOT / "edge" / "config.py",
     ROOT / "edge" / "config_values.py",
     ROOT / "edge" / "config_load.py",
+    ROOT / "edge" / "status_view.py",
     ROOT / "store" / "paths.py",
     ROOT / "store" / "errors.py",
     ROOT / "store" / "groups.py",
