@@ -51,7 +51,7 @@ def build_bridge(client: LocalClient, kind: str, entry: Any) -> Bridge:
         return MqttBridge(client, entry)  # type: ignore[no-any-return]
     from bridges.serial.bridge import SerialBridge
 
-    return SerialBridge(client, entry)  # type: ignore[no-any-return]
+    return SerialBridge(client, entry)
 
 
 class BridgeSet:
