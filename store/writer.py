@@ -69,6 +69,8 @@ PENDING_HOLD = 4 * 1024 * 1024  # publishers are held back past this much pendin
 PENDING_MAX = 32 * 1024 * 1024  # and refused by policy past this
 FEED_MAX = 32 * 1024 * 1024  # committed records kept in memory for the uplink
 HOLD_MAX = 1.0  # longest a publisher is held per read
+UNAVAILABLE_AFTER = 3  # failed commits in a row before new messages are refused
+REASON_UNAVAILABLE = "store_unavailable"
 HOUSEKEEPING = 1.0
 DROP_LOG_PERIOD = 10.0
 # Sequences reserved ahead for memory-mode records (their rows may never be
@@ -143,6 +145,10 @@ class Store:
         # max_file_size cap); cleared once rows are deleted, or a second later.
         self.disk_full = False
         self.last_error: str | None = None
+        # Commits failed in a row for another reason than a full disk (an I/O
+        # error, a damaged file): past UNAVAILABLE_AFTER the store refuses new
+        # messages, so publishers hear it instead of waiting for an ack.
+        self.commit_failures = 0
         self.commits = 0
         self.commit_seconds = 0.0
         self.commit_latency = LatencyHistogram()
@@ -196,6 +202,7 @@ class Store:
             and self.pending_bytes <= PENDING_MAX
             and not self.low_disk
             and not self.disk_full
+            and not self.commit_failures
         ) and not self._admit(state, origin, subject, reply, size):
             return
         seq = self.next_seq
@@ -220,6 +227,9 @@ class Store:
         self, state: GroupState, origin: object, subject: bytes, reply: bytes, size: int
     ) -> bool:
         """Apply the group's limits and policy to a new message: True to store it."""
+        if self.commit_failures >= UNAVAILABLE_AFTER:
+            self._refuse(state, Verdict.REJECT, REASON_UNAVAILABLE, origin, subject, reply)
+            return False
         verdict, reason = state.verdict(size, self.low_disk or self.disk_full)
         if reason == REASON_DISK_FLOOR and self.disk_full:
             reason = REASON_DISK_FULL
@@ -243,7 +253,10 @@ class Store:
     ) -> None:
         if verdict is Verdict.REJECT:
             state.rejected += 1
-            text = f"store-and-forward limit reached ({reason})"
+            if reason == REASON_UNAVAILABLE:
+                text = f"store unavailable ({self.last_error})"
+            else:
+                text = f"store-and-forward limit reached ({reason})"
             if reply:
                 self.send_reply(reply, _error_reply(text))
             else:
@@ -455,7 +468,6 @@ class Store:
         return await trio.to_thread.run_sync(fn, self.conn, *args, limiter=self._limiter)
 
     async def _commit_loop(self) -> None:
-        failures = 0
         while True:
             if not (self.pending or self._spill or self._deletes):
                 self._committed.set()
@@ -469,9 +481,9 @@ class Store:
             # that always finds a new batch never idles.
             self._committed.set()
             self._committed = trio.Event()
-            failures = 0 if ok else failures + 1
-            if failures:
-                await trio.sleep(min(2.0, 0.05 * 2**failures))
+            self.commit_failures = 0 if ok or self.disk_full else self.commit_failures + 1
+            if not ok:
+                await trio.sleep(min(2.0, 0.05 * 2 ** max(1, self.commit_failures)))
 
     async def _commit_round(self) -> bool:
         """Commit one batch. False if the store failed (the batch is kept)."""

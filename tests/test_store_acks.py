@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
@@ -245,3 +246,46 @@ def test_natspy_js_publish_with_msg_id_reaches_the_hub_once(tmp_path: Path) -> N
     finally:
         edge.stop()
         hub.stop()
+
+
+async def test_a_failing_store_answers_with_an_error_not_silence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits that keep failing (an I/O error): what is pending is kept and
+    acked once the store works again; new publishes meanwhile are refused
+    with a JetStream-style error reply."""
+    import sqlite3
+
+    from store import buffer
+
+    real_commit = buffer.commit
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async with open_server(_config(tmp_path)) as server:
+        store = server.store
+        assert store is not None
+        pub = await _client(server.port)
+        await pub.send(b"SUB ack.* 1\r\n")
+        await pub.ping()
+        monkeypatch.setattr(buffer, "commit", broken)
+        await pub.send(b"PUB t.a ack.1 1\r\nA\r\n")
+        with trio.fail_after(10):
+            while store.commit_failures < 3:
+                await trio.sleep(0.02)
+        await pub.send(b"PUB t.a ack.2 1\r\nB\r\n")
+        frame = await pub.read_frame(timeout=5)
+        assert frame.args[0] == b"ack.2"
+        error = json.loads(frame.payload)["error"]
+        assert error["code"] == 503 and "store unavailable (disk I/O error)" in error["description"]
+        monkeypatch.setattr(buffer, "commit", real_commit)
+        frame = await pub.read_frame(timeout=10)
+        assert (frame.args[0], json.loads(frame.payload)) == (
+            b"ack.1",
+            {"stream": "default", "seq": 1},
+        )
+        await pub.send(b"PUB t.a ack.3 1\r\nC\r\n")
+        frame = await pub.read_frame(timeout=5)
+        assert json.loads(frame.payload)["seq"] == 2
+        assert store.groups.states[0].rejected == 1

@@ -347,11 +347,20 @@ def acked_publish(port: int, inflight: int, duration: float) -> tuple[int, int, 
 
 @_bench_errors
 def _store_ack32(t: Target, warmup: float, duration: float) -> Measurement:
-    NOTES["store_ack32_128"] = (
-        "leafgate acks after the fsync of the batch (durability fsync); nats-server 2.9.10 "
-        "acks from its JetStream file store before syncing (no sync_interval setting)"
-    )
-    with Topology(t, hub=False) as top:
+    # The target compares with JetStream syncing every write (sync_interval:
+    # always), the setting whose ack means what leafgate's fsync mode means.
+    sync = None
+    if t.side == "nats":
+        why_not = _sync_always_unsupported(t.cmd)
+        sync = "always" if why_not is None else None
+        NOTES["store_ack32_128 nats"] = (
+            "JetStream file store with sync_interval: always"
+            if sync
+            else f"JetStream file store, its default sync: acks before fsync ({why_not})"
+        )
+    else:
+        NOTES["store_ack32_128 leafgate"] = "durability fsync: each PubAck after its batch's fsync"
+    with Topology(t, hub=False, sync=sync) as top:
         acked_publish(top.leaf_server.port, ACK_INFLIGHT, warmup)
         acks, errors, secs = acked_publish(top.leaf_server.port, ACK_INFLIGHT, duration)
         top.alive()
