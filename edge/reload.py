@@ -7,7 +7,10 @@ address, the store directory, a group's subjects ...), the reload is refused
 with the first such key named, and the server keeps running on the old
 configuration. Otherwise every change is applied, and connections stay up.
 
-Reloadable: logging (debug, trace), authorization (for new connections),
+Reloadable: logging (debug, trace), authorization: the token or single user
+(for new connections), users with their passwords and permissions and
+``no_auth_user`` (a connection whose user was removed or whose rules changed
+is closed, as nats-server does; the others stay),
 keep-alive and lame-duck timings, the shutdown grace, store-and-forward
 group limits and behaviour (max_msgs, max_bytes, max_age, policy,
 duplicate_window, durable_flush), and the bridges (a changed, added or
@@ -35,8 +38,12 @@ _SERVER_RELOADABLE = frozenset(
         "bridges",
         "store",
         "config_file",
+        "security",
     }
 )
+# SecurityConfig fields a reload may change (users with their passwords and
+# permissions); accounts, TLS and operator settings are built at start.
+_SECURITY_RELOADABLE = frozenset({"users", "no_auth_user", "default_permissions"})
 # ForwardGroup fields a reload may change (the others define what is stored where).
 _GROUP_RELOADABLE = frozenset(
     {"max_bytes", "max_msgs", "max_age", "policy", "duplicate_window", "durable_flush"}
@@ -67,6 +74,7 @@ class ReloadPlan:
     auth: bool
     store_groups: bool
     bridges: bool
+    security: bool = False
 
     @property
     def empty(self) -> bool:
@@ -82,11 +90,7 @@ def plan_reload(old: ServerConfig, new: ServerConfig) -> ReloadPlan:
             continue
         key = _KEY_NAMES.get(f.name, f.name)
         if f.name == "security":
-            raise ReloadRefused(
-                key,
-                "users, permissions, accounts, TLS and operator settings cannot change while "
-                "running yet; restart leafgate to apply them",
-            )
+            _check_security(old, new)
         if f.name not in _SERVER_RELOADABLE:
             raise ReloadRefused(key, "cannot change while running; restart leafgate to apply it")
         if f.name == "store":
@@ -99,7 +103,22 @@ def plan_reload(old: ServerConfig, new: ServerConfig) -> ReloadPlan:
         auth=old.auth != new.auth,
         store_groups=old.store != new.store,
         bridges=old.bridges != new.bridges,
+        security=old.security != new.security,
     )
+
+
+def _check_security(old: ServerConfig, new: ServerConfig) -> None:
+    if old.security.configured != new.security.configured:
+        raise ReloadRefused(
+            "authorization.users",
+            "switching between single-user/token authentication and users, accounts or TLS "
+            "needs a restart",
+        )
+    for f in dataclasses.fields(type(old.security)):
+        if f.name in _SECURITY_RELOADABLE:
+            continue
+        if getattr(old.security, f.name) != getattr(new.security, f.name):
+            raise ReloadRefused(f.name, "cannot change while running; restart leafgate to apply it")
 
 
 def _store_changes(old: StoreConfig, new: StoreConfig) -> list[str]:

@@ -32,7 +32,7 @@ from edge.auth.permissions import (
     subscribe_allowed,
     subscribe_violation,
 )
-from edge.auth.settings import GLOBAL_ACCOUNT, TLSServerConfig
+from edge.auth.settings import GLOBAL_ACCOUNT, SecurityConfig, TLSServerConfig
 from edge.config import ConfigError, ServerConfig
 from edge.connection import ClientConnection
 from edge.log import get_logger
@@ -112,22 +112,41 @@ class Security:
             resolver = dict(sec.resolver_preload).get
         elif sec.resolver_dir is not None:
             resolver = _dir_resolver(sec.resolver_dir)
-        try:
-            self.authenticator = Authenticator(
-                sec,
-                config.auth.user,
-                config.auth.password,
-                config.auth.token,
-                resolver,
-            )
-        except ValueError as exc:
-            raise ConfigError("operator", f"not a valid operator JWT: {exc}") from None
+        self.settings = sec
+        self._resolver = resolver
+        self.authenticator = _authenticator(config, resolver)
         self.tls = sec.tls
         self.ssl = tls_context(sec.tls) if sec.tls is not None else None
         self.accounts = Accounts(server.router, sec.accounts)
         self.connections: dict[str, int] = {}
         # Whether any connection may carry permissions (then GuardedConnection).
         self.guarded = sec.operator is not None or any(not u.permissions.empty for u in sec.users)
+
+    # ---- reload ------------------------------------------------------------------------
+
+    def reload_users(self, config: ServerConfig) -> int:
+        """New users, passwords, permissions and no_auth_user (a SIGHUP; edge.reload
+        checked that accounts, TLS and operator settings are unchanged).
+
+        New connections authenticate against the new settings. An existing
+        connection whose user was removed or whose rules changed is closed with
+        'Authorization Violation' (clients reconnect and get the new rules), as
+        nats-server does on reload; the others stay. Returns how many were closed.
+        """
+        old, new = self.settings, config.security
+        self.authenticator = _authenticator(config, self._resolver)
+        self.settings = new
+        self.guarded = new.operator is not None or any(not u.permissions.empty for u in new.users)
+        closed = 0
+        for client in list(self.server.clients.values()):
+            identity = client.identity
+            if not isinstance(identity, Identity) or identity.method in ("jwt", "token"):
+                continue
+            if _rules_of(old, identity.name) != _rules_of(new, identity.name):
+                log.info("client_closed_by_reload", cid=client.cid, user=identity.name)
+                client.close(errors.AUTH_VIOLATION.reason, errors.AUTH_VIOLATION.wire())
+                closed += 1
+        return closed
 
     # ---- the connection's start ---------------------------------------------------
 
@@ -273,6 +292,27 @@ class Security:
 
     def router_for(self, account: str | None) -> Router:
         return self.accounts.router(account or GLOBAL_ACCOUNT)
+
+
+def _authenticator(config: ServerConfig, resolver: Resolver | None) -> Authenticator:
+    try:
+        return Authenticator(
+            config.security,
+            config.auth.user,
+            config.auth.password,
+            config.auth.token,
+            resolver,
+        )
+    except ValueError as exc:
+        raise ConfigError("operator", f"not a valid operator JWT: {exc}") from None
+
+
+def _rules_of(sec: SecurityConfig, name: str) -> tuple[object, ...]:
+    """What decides a connected user's rights: its entry (None if gone), and the
+    default permissions and no_auth_user that may apply to it."""
+    entry = next((u for u in sec.users if u.name == name), None)
+    defaults = sec.default_permissions if entry is None or entry.permissions.empty else None
+    return (entry, defaults, sec.no_auth_user == name)
 
 
 def _name(client: ClientConnection) -> str:

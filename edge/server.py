@@ -172,6 +172,10 @@ class Server:
             )
             self._info_base = self._base_info()
             self._info_base["port"] = self.port
+        if (plan.security or plan.auth) and self.security is not None:
+            closed = self.security.reload_users(new)
+            if closed:
+                log.info("reload_closed_clients", clients=closed)
         if plan.store_groups and self.store is not None:
             self.store.reconfigure(new.store.groups)
         if plan.bridges and self._bridge_set is not None:

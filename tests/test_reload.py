@@ -3,6 +3,7 @@ process reloading valid and invalid files without dropping connections."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -142,3 +143,58 @@ async def test_reload_changes_store_limits_live(tmp_path: Path) -> None:
         await store.barrier()
         assert store.groups.states[0].count == 5
         assert store.groups.states[0].dropped == {"max_msgs": 16}
+
+
+USERS_TOML = (
+    "[[authorization.users]]\n"
+    'user = "alice"\npassword = "a1"\n'
+    "[[authorization.users]]\n"
+    'user = "bob"\npassword = "{bob}"\n'
+    "[authorization.users.permissions]\n"
+    'publish = ["bob.>"]\n'
+)
+
+
+@leafgate_only
+def test_sighup_reloads_users_and_closes_only_changed_ones(tmp_path: Path) -> None:
+    server = start_leafgate(
+        "--log_format", "json", config_text=USERS_TOML.format(bob="b1"), tmp_path=tmp_path
+    )
+    config = server.config_path
+    try:
+
+        async def scenario() -> None:
+            closed: list[bool] = []
+
+            async def on_closed() -> None:
+                closed.append(True)
+
+            alice = await connect(server.url, user="alice", password="a1")
+            bob = await connect(server.url, user="bob", password="b1", closed_cb=on_closed)
+            config.write_text(USERS_TOML.format(bob="b2"))
+            os.kill(server.pid, signal.SIGHUP)
+            assert "bob" in _wait_log(server, "client_closed_by_reload", 1)[0]
+            assert len(log_events(server, "client_closed_by_reload")) == 1  # not alice
+            for _ in range(100):
+                if closed:
+                    break
+                await asyncio.sleep(0.05)
+            assert closed, "bob's connection (changed password) was not closed"
+            await alice.flush(timeout=5)  # alice's rules did not change: still connected
+            assert alice.is_connected
+            with pytest.raises(nats.errors.Error):
+                await connect(server.url, user="bob", password="b1")
+            await (await connect(server.url, user="bob", password="b2")).close()
+            # Accounts are built at start: adding one is refused, naming the key.
+            config.write_text(
+                USERS_TOML.format(bob="b2")
+                + '[accounts.A]\nusers = [{ user = "c", password = "c" }]\n'
+            )
+            os.kill(server.pid, signal.SIGHUP)
+            assert '"key": "accounts"' in _wait_log(server, "reload_rejected", 1)[0]
+            await alice.close()
+            assert bob.is_closed
+
+        run(scenario(), timeout=40)
+    finally:
+        server.stop()
