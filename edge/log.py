@@ -3,6 +3,10 @@
 Levels: INFO by default, DEBUG with ``-D``/``debug``, TRACE (5, below DEBUG)
 with ``-V``/``trace`` (trace also shows debug output). Output is JSON lines
 (for journald and log shippers) or a readable console format; see configure().
+Straight into journald (stderr is the stream ``JOURNAL_STREAM`` names) each
+line starts with its syslog priority (``<4>`` for a warning), which journald
+takes as the entry's priority. Repeated warnings go through
+``RateLimitedWarning``: one line per period with the count suppressed since.
 
 structlog's native filtering loggers only know the standard levels
 (``logger.log(5, ...)`` raises KeyError), so trace lines go through the
@@ -60,6 +64,34 @@ def use_json(log: LogConfig, stream: TextIO) -> bool:
     return not _isatty(stream) or "JOURNAL_STREAM" in os.environ
 
 
+# syslog priorities journald reads from a "<N>" line prefix (SyslogLevelPrefix=,
+# on by default), so `journalctl -p warning` finds leafgate's warnings.
+_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7, "trace": 7}
+
+
+def journal_stream(stream: TextIO) -> bool:
+    """True when *stream* is the journald stream systemd connected us to:
+    ``JOURNAL_STREAM`` holds its ``device:inode`` (a variable inherited by a
+    process whose stderr goes elsewhere does not count)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+class _JournalJSON:
+    """JSON lines with journald's "<priority>" prefix."""
+
+    def __init__(self) -> None:
+        self._json = structlog.processors.JSONRenderer()
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        priority = _PRIORITY.get(str(event_dict.get("level", "info")), 6)
+        return f"<{priority}>" + str(self._json(logger, method, event_dict))
+
+
 def _name_logger(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     name = event_dict.pop(_NAME_KEY, None)
     if name is not None:
@@ -101,7 +133,7 @@ def configure(log: LogConfig, *, stream: TextIO | None = None) -> None:
     if use_json(log, out):
         processors += [
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            _JournalJSON() if journal_stream(out) else structlog.processors.JSONRenderer(),
         ]
     else:
         colors = _isatty(out) and "NO_COLOR" not in os.environ

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,3 +190,96 @@ def test_rate_limited_rejects_bad_arguments() -> None:
         edge_log.RateLimitedWarning(period=-1.0)
     with pytest.raises(ValueError, match="max_keys"):
         edge_log.RateLimitedWarning(period=1.0, max_keys=0)
+
+
+# --- under systemd: the journal stream ---------------------------------------------
+
+
+def _run_leafgate_briefly(tmp_path: Path, env_for: Any, *flags: str) -> list[str]:
+    """Start ``leafgate run`` with stderr to a file, stop it with SIGTERM once it
+    listens, and return its stderr lines. ``env_for(stderr_file)`` gives the
+    extra environment (to name the file as the journal stream)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from tests.harness import REPO_ROOT
+
+    err_path = tmp_path / "stderr"
+    with open(err_path, "wb") as err:
+        env = dict(os.environ, **env_for(err))
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "edge", "run", "-a", "127.0.0.1", "-p", "-1"),
+                *("--hub", "nats-leaf://127.0.0.1:1", "--ports_file_dir", str(tmp_path)),
+                *flags,
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        # A hub on a closed port: the first failed dial is a warning.
+        while b'"uplink_down"' not in err_path.read_bytes() or not list(tmp_path.glob("*.ports")):
+            assert proc.poll() is None and time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.05)
+        # A client that comes and goes: its close is a debug line.
+        ports = json.loads(next(tmp_path.glob("*.ports")).read_text())
+        port = int(ports["nats"][0].rpartition(":")[2])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.settimeout(5)
+            assert client.recv(4096).startswith(b"INFO ")
+        while b'"client_closed"' not in err_path.read_bytes() and "-D" in flags:
+            assert time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    return err_path.read_text().splitlines()
+
+
+def _journal_of(err: Any) -> dict[str, str]:
+    import os
+
+    st = os.fstat(err.fileno())
+    return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+
+
+def test_journal_stream_lines_carry_their_priority(tmp_path: Path) -> None:
+    out = _run_leafgate_briefly(tmp_path, _journal_of, "-D")
+    assert out and all(re.match(r"<[2-7]>\{", line) for line in out), out
+    events = {json.loads(line[3:])["event"]: line[:3] for line in out}
+    assert events["listening"] == "<6>"
+    warning = next(line for line in out if '"uplink_down"' in line)
+    assert warning.startswith("<4>")
+    assert json.loads(warning[3:])["level"] == "warning"
+    # -D: debug lines are there, with journald's debug priority.
+    assert any(line.startswith("<7>") for line in out), out
+
+
+def test_inherited_journal_stream_is_plain_json(tmp_path: Path) -> None:
+    """JOURNAL_STREAM naming another file (inherited from a parent run by
+    systemd, stderr redirected): JSON still, but no priority prefixes."""
+    out = _run_leafgate_briefly(tmp_path, lambda _err: {"JOURNAL_STREAM": "1:2"})
+    assert out and all(line.startswith("{") for line in out), out
+    levels = {json.loads(line)["level"] for line in out}
+    assert "debug" not in levels and {"info", "warning"} <= levels  # INFO by default
+
+
+def test_journal_stream_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    with open(tmp_path / "f", "w") as f:
+        st = os.fstat(f.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert edge_log.journal_stream(f)
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
+        assert not edge_log.journal_stream(f)
+    assert not edge_log.journal_stream(io.StringIO())  # no file descriptor
