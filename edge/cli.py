@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from edge.config import (
@@ -592,7 +592,7 @@ def _error(message: str) -> int:
     return 1
 
 
-def _serve(config: ServerConfig) -> int:
+def _serve(config: ServerConfig, reload: Callable[[], ServerConfig] | None = None) -> int:
     import trio
 
     from edge import log
@@ -603,7 +603,7 @@ def _serve(config: ServerConfig) -> int:
     except OSError as exc:
         return _error(f"cannot open log file {config.log.logfile}: {exc.strerror or exc}")
     try:
-        return trio.run(serve, config)
+        return trio.run(serve, config, reload)
     except KeyboardInterrupt:
         return 130
 
@@ -617,7 +617,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
     if args.test_config:
         _print_valid(config)
         return 0
-    return _serve(config)
+    return _serve(config, lambda: build_config(args))
 
 
 def _cmd_check_config(argv: Sequence[str]) -> int:

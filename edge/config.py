@@ -171,6 +171,12 @@ class ForwardGroup:
     max_age: float = 0.0
     policy: str = "drop_oldest"
     confirm: str = "auto"
+    # A publisher's repeated Nats-Msg-Id within this many seconds is not stored
+    # again (its PubAck says "duplicate": true), as a JetStream stream does. 0: off.
+    duplicate_window: float = 120.0
+    # A PONG only after every message of this group the connection published
+    # before its PING is committed: a plain client's flush() is then a barrier.
+    durable_flush: bool = False
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,19 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class BridgesConfig:
+    """``[[bridges.mqtt]]`` and ``[[bridges.serial]]`` entries (parsed by bridges.config)."""
+
+    # MqttBridgeConfig and SerialPortConfig entries, in file order.
+    mqtt: tuple[Any, ...] = ()
+    serial: tuple[Any, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mqtt or self.serial)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT  # 0 or -1: a port chosen by the OS
@@ -228,6 +247,7 @@ class ServerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     leafnodes: LeafnodesConfig = field(default_factory=LeafnodesConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    bridges: BridgesConfig = field(default_factory=BridgesConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Files written at start, as nats-server does (--ports_file_dir, -P/--pid).
     ports_file_dir: str | None = None
@@ -374,6 +394,8 @@ def _validate(config: ServerConfig, url_keys: Sequence[str]) -> None:
     _validate_security(config)
     _validate_leafnodes(config.leafnodes, url_keys)
     _validate_store(config.store)
+    if not isinstance(config.bridges, BridgesConfig):
+        raise _fail("bridges", f"expected a BridgesConfig, got {_show(config.bridges)}")
     _validate_log(config.log)
 
 
@@ -623,6 +645,11 @@ def _validate_group(group: ForwardGroup, prefix: str) -> None:
     _check_int(f"{prefix}.max_bytes", group.max_bytes, 0)
     _check_int(f"{prefix}.max_msgs", group.max_msgs, 0)
     _check_seconds(f"{prefix}.max_age", group.max_age, allow_zero=True)
+    _check_seconds(f"{prefix}.duplicate_window", group.duplicate_window, allow_zero=True)
+    if not isinstance(group.durable_flush, bool):
+        raise _fail(
+            f"{prefix}.durable_flush", f"expected true or false, got {group.durable_flush!r}"
+        )
 
 
 def _validate_log(log: LogConfig) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from edge.auth.settings import SecurityConfig, SettingError, holds_client_secrets, parse_security
 from edge.config import (
     AuthConfig,
+    BridgesConfig,
     ConfigError,
     ForwardGroup,
     LeafnodesConfig,
@@ -44,6 +45,8 @@ from edge.config_values import (
 _SERVER, _AUTH, _LOG, _LEAF, _STORE = "server", "auth", "log", "leafnodes", "store"
 # Raw values of the security keys, by full key, parsed by edge.auth.settings.
 _SECURITY = "security"
+# Section holding the parsed [bridges] table (a BridgesConfig under "config").
+_BRIDGES = "bridges"
 # Section of the builder of one store.forward entry.
 _GROUP = "group"
 # Sections of the builder of one leafnodes.remotes entry.
@@ -55,7 +58,8 @@ class _Builder:
 
     def __init__(self, *sections: str) -> None:
         self.sections: dict[str, dict[str, Any]] = {
-            name: {} for name in sections or (_SERVER, _AUTH, _LOG, _LEAF, _STORE, _SECURITY)
+            name: {}
+            for name in sections or (_SERVER, _AUTH, _LOG, _LEAF, _STORE, _SECURITY, _BRIDGES)
         }
         # (section, field) -> the config key that set it, to report two keys
         # that set the same thing (``listen`` and ``port``, ``logfile`` and
@@ -165,6 +169,13 @@ def _table_array(sections: tuple[str, ...], keys: Mapping[str, _Handler], into: 
     return handle
 
 
+def _bridges(builder: _Builder, key: str, value: object) -> None:
+    """``[bridges]``: each bridge kind parses its own entries (bridges.config)."""
+    from bridges.config import parse_bridges  # only when the file has bridges
+
+    builder.set(_BRIDGES, "config", parse_bridges(value, key), key)
+
+
 def _walk(
     builder: _Builder, table: Mapping[str, object], handlers: Mapping[str, _Handler], prefix: str
 ) -> None:
@@ -243,6 +254,8 @@ _FORWARD_KEYS: dict[str, _Handler] = {
     "max_age": _setting(_GROUP, "max_age", parse_duration),
     "policy": _setting(_GROUP, "policy", _to_str),
     "confirm": _setting(_GROUP, "confirm", _to_str),
+    "duplicate_window": _setting(_GROUP, "duplicate_window", parse_duration),
+    "durable_flush": _setting(_GROUP, "durable_flush", _to_bool),
 }
 
 _STORE_KEYS: dict[str, _Handler] = {
@@ -302,6 +315,7 @@ _TOP_LEVEL_KEYS: dict[str, _Handler] = {
     "resolver_preload": _raw,
     "leafnodes": _table(_LEAFNODES_KEYS),
     "store": _table(_STORE_KEYS),
+    "bridges": _bridges,
 }
 
 
@@ -316,6 +330,7 @@ def config_from_dict(data: Mapping[str, object], file: str | None = None) -> Ser
         security=_build_security(builder),
         leafnodes=LeafnodesConfig(remotes=remotes),
         store=_build_store(builder),
+        bridges=builder.sections[_BRIDGES].get("config", BridgesConfig()),
         log=LogConfig(**builder.sections[_LOG]),
         config_file=file,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
@@ -48,6 +49,8 @@ _VALID_SUBJECTS_MAX = 65536
 
 
 class ClientConnection:
+    local = False  # a socket client: the router frames its messages inline
+
     __slots__ = (
         "_auth_scope",
         "_scope",
@@ -58,6 +61,7 @@ class ClientConnection:
         "close_reason",
         "deny",
         "echo",
+        "flush_seq",
         "headers",
         "identity",
         "in_bytes",
@@ -74,6 +78,7 @@ class ClientConnection:
         "pedantic",
         "perms",
         "pings_out",
+        "pongs_due",
         "port",
         "pub_valid",
         "ready",
@@ -134,6 +139,10 @@ class ClientConnection:
         self.sub_perm: SubjectPermission | None = None
         self.deny: tuple[bytes, ...] = ()
         self.pings_out = 0
+        # Durable flush (store.acks): the last sequence the store gave a message
+        # of ours in a durable_flush group, and the PONGs held for commits.
+        self.flush_seq = 0
+        self.pongs_due: deque[int] | None = None
         self.activity = False
         self.in_msgs = self.in_bytes = self.out_msgs_done = self.out_bytes = 0
         self.started = trio.current_time()
@@ -418,7 +427,13 @@ class ClientConnection:
         try:
             if type(event) is Ping:
                 self.session.require_connected()
-                self.send(PONG)
+                store = self.server.store
+                if not (
+                    self.flush_seq
+                    and store is not None
+                    and store.acks.hold_pong(self, store.committed_seq)
+                ):
+                    self.send(PONG)
             elif type(event) is Pong:
                 self.pings_out = 0
             elif type(event) is Sub:

@@ -1,4 +1,4 @@
-"""HTTP monitoring (nats-server's endpoints, plus /storez): the h11/Trio shell.
+"""HTTP monitoring (nats-server's endpoints, plus /storez and /bridgez): the h11/Trio shell.
 
 Task tree (owned by the server's services nursery)::
 
@@ -101,6 +101,7 @@ class Monitor:
             "/gatewayz": self._gatewayz,
             "/healthz": self._healthz,
             "/storez": self._storez,
+            "/bridgez": self._bridgez,
         }
 
     # ---- running ----------------------------------------------------------------
@@ -251,6 +252,12 @@ class Monitor:
         if status != 200:
             log.warning("healthz_unavailable", error=body.get("error"), ready=ready)
         return Reply(status, mj.encode(body, pretty=False))
+
+    async def _bridgez(self, params: mj.Params) -> Reply:
+        statuses = [bridge.status() for bridge in self.server.bridges]
+        now = snap.Clock.now().wall_ns
+        server_id = self.server.server_id
+        return await self._json(lambda: me.bridgez(server_id, now, statuses))
 
     async def _storez(self, params: mj.Params) -> Reply:
         store = await snap.store_snap(self.server)

@@ -185,7 +185,7 @@ def storez(server_id: str, now_ns: int, s: StoreSnap | None) -> Body:
     groups), ``commits``, ``commit_seconds``, ``bytes_committed``, ``behind``
     (the forwarder reads from disk), ``low_disk``, ``last_error``; per group:
     ``subjects``, ``durability``, ``policy``, ``messages``, ``bytes``,
-    ``oldest_age_seconds``, ``accepted``, ``confirmed``, ``rejected``,
+    ``oldest_age_seconds``, ``accepted``, ``confirmed``, ``rejected``, ``duplicates``,
     ``dropped`` (by reason) and ``dropped_total``; ``forwarder`` (``sent``,
     ``resent``, ``acked``, ``nacked``, ``inflight``, ``inflight_bytes``) and
     ``link``, the state of the uplink the store forwards through.
@@ -233,6 +233,7 @@ def _group(g: GroupStats, now_ns: int) -> Body:
         "accepted": g.accepted,
         "confirmed": g.confirmed,
         "rejected": g.rejected,
+        "duplicates": g.duplicates,
         "dropped": dict(g.dropped),
         "dropped_total": sum(n for _reason, n in g.dropped),
     }
@@ -248,4 +249,20 @@ def _forwarder(f: ForwarderSnap | None) -> Body | None:
         "nacked": f.nacked,
         "inflight": f.inflight,
         "inflight_bytes": f.inflight_bytes,
+    }
+
+
+def bridgez(server_id: str, now_ns: int, statuses: Sequence[Body]) -> Body:
+    """Every bridge (MQTT broker, serial port) with its state and counters, as
+    each reports it (``status()``: at least ``name``, ``kind``, ``state``)."""
+    states: dict[str, int] = {}
+    for status in statuses:
+        state = str(status.get("state", "unknown"))
+        states[state] = states.get(state, 0) + 1
+    return {
+        "server_id": server_id,
+        "now": rfc3339(now_ns),
+        "num_bridges": len(statuses),
+        "states": states,
+        "bridges": list(statuses),
     }

@@ -31,7 +31,7 @@ import os
 import platform
 import random
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -50,6 +50,8 @@ from edge.router import Router
 from store.errors import StoreOpenError
 
 if TYPE_CHECKING:
+    from bridges.runner import Bridge, BridgeSet
+    from edge.local import LocalClient
     from edge.monitor import Monitor
     from edge.security import Security
     from edge.uplink import Uplink
@@ -104,6 +106,10 @@ class Server:
         )
         self.clients: dict[int, ClientConnection] = {}
         self.uplinks: list[Uplink] = []
+        # In-process clients (bridges, services) and the bridges themselves.
+        self.local_clients: list[LocalClient] = []
+        self.bridges: list[Bridge] = []
+        self._bridge_set: BridgeSet | None = None
         self.store: Store | None = None
         if config.store.enabled:
             from store.writer import Store  # imported only when the store is used
@@ -137,6 +143,53 @@ class Server:
     def enter_lame_duck(self) -> None:
         """Stop accepting, warn clients, close them gradually, then stop."""
         self._lame_duck_requested.set()
+
+    def reload(self, new: ServerConfig) -> tuple[str, ...]:
+        """Apply a new configuration (SIGHUP); returns the keys that changed.
+
+        Raises ReloadRefused (naming the key) when a setting that needs a
+        restart differs; nothing is applied then. See edge.reload.
+        """
+        from edge import log as logs
+        from edge.reload import plan_reload
+
+        plan = plan_reload(self.config, new)
+        if plan.empty:
+            return ()
+        if plan.log:
+            logs.configure(new.log)
+        self.config = new
+        if plan.auth:
+            # New connections authenticate against the new settings; existing
+            # ones stay (they authenticated when they connected).
+            if self.security is not None:
+                auth = self.security.authenticator
+                auth.user, auth.password, auth.token = (
+                    new.auth.user,
+                    new.auth.password,
+                    new.auth.token,
+                )
+            self.credentials = Credentials(
+                user=new.auth.user,
+                password=new.auth.password,
+                token=new.auth.token,
+                delegated=self.security is not None and self.security.authenticator.required,
+            )
+            self._info_base = self._base_info()
+            self._info_base["port"] = self.port
+        if plan.store_groups and self.store is not None:
+            self.store.reconfigure(new.store.groups)
+        if plan.bridges and self._bridge_set is not None:
+            self._bridge_set.reload(new.bridges)
+        return plan.changed
+
+    def local_client(self, name: str) -> LocalClient:
+        """A new in-process client of this server's router (closed at stop)."""
+        from edge.local import LocalClient
+
+        client = LocalClient(self, name)
+        self.local_clients.append(client)
+        return client
 
     def _send_reply(self, reply: bytes, data: bytes) -> None:
         self.router.publish(None, reply, b"", 0, data)
@@ -217,13 +270,33 @@ class Server:
                     self.monitor = Monitor(self)
                     await services.start(self.monitor.run)
                 services.start_soon(self._accept_loop, listeners, connections)
+                services.start_soon(self._admin_service)
                 services.start_soon(self._keepalive)
                 services.start_soon(self._watch_lame_duck)
-                task_status.started(self)
-                await self._stop.wait()
+                async with trio.open_nursery() as bridges:
+                    if self.config.bridges.enabled:
+                        from bridges.runner import BridgeSet
+
+                        self._bridge_set = BridgeSet(self, bridges)
+                        await self._bridge_set.start(self.config.bridges)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    # Bridges stop first: what they handed over is then settled
+                    # with the uplinks and committed by the store.
+                    bridges.cancel_scope.cancel()
+                for local in self.local_clients:
+                    local.close()
                 await self._settle_uplinks()
                 services.cancel_scope.cancel()
             await self._close_all(connections, CloseReason.SERVER_SHUTDOWN)
+
+    async def _admin_service(self) -> None:
+        """$SRV discovery and the admin API over NATS (edge.service), imported
+        after the listener is up: it is not on the cold-start path."""
+        from edge.service import AdminService
+
+        await AdminService(self).run()
+        await trio.sleep_forever()
 
     async def _settle_uplinks(self) -> None:
         """Give the hub a moment to confirm what is in flight, so a restart
@@ -399,8 +472,8 @@ class Server:
 
 
 def _send_error(origin: object, err: bytes) -> None:
-    if isinstance(origin, ClientConnection):
-        origin.send(err)
+    if isinstance(origin, ClientConnection) or getattr(origin, "local", False):
+        origin.send(err)  # type: ignore[attr-defined]
 
 
 @asynccontextmanager
@@ -432,8 +505,40 @@ def _write_ports_file(config: ServerConfig, server: Server) -> str | None:
     return path
 
 
+def _reload(server: Server, load: Callable[[], ServerConfig] | None) -> None:
+    """SIGHUP: load and check the configuration again, apply it or keep the old one."""
+    from edge.config import ConfigError
+    from edge.reload import ReloadRefused
+
+    if load is None:
+        log.warning("reload_not_possible", detail="the server was not started from a command line")
+        return
+    try:
+        changed = server.reload(load())
+    except ConfigError as exc:
+        log.error(
+            "reload_rejected", key=exc.key, error=str(exc), detail="kept the running configuration"
+        )
+        return
+    except ReloadRefused as exc:
+        log.error(
+            "reload_rejected",
+            key=exc.key,
+            error=exc.message,
+            detail="kept the running configuration",
+        )
+        return
+    except OSError as exc:
+        log.error("reload_rejected", error=str(exc), detail="kept the running configuration")
+        return
+    log.info("reloaded", changed=list(changed))
+
+
 async def _signals(
-    server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    server: Server,
+    reload: Callable[[], ServerConfig] | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with trio.open_signal_receiver(
         signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP
@@ -444,7 +549,7 @@ async def _signals(
                 log.info("signal_lame_duck")
                 server.enter_lame_duck()
             elif signum == signal.SIGHUP:
-                log.warning("reload_not_supported", detail="configuration reload comes later")
+                _reload(server, reload)
             else:
                 log.info("signal_shutdown", signal=signal.Signals(signum).name)
                 server.shutdown()
@@ -466,8 +571,10 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def serve(config: ServerConfig) -> int:
-    """The ``leafgate run`` entry point: run until a signal stops it; return the exit code."""
+async def serve(config: ServerConfig, reload: Callable[[], ServerConfig] | None = None) -> int:
+    """The ``leafgate run`` entry point: run until a signal stops it; return the exit code.
+
+    *reload* loads the configuration again (the file with the same flags) on SIGHUP."""
     server = Server(config)
     written: list[str] = []
     try:
@@ -488,7 +595,7 @@ async def serve(config: ServerConfig) -> int:
                 log.error("store_open_failed", error=str(exc))
                 return 1
             # Signals are handled before anyone can learn we are up (pid/ports files).
-            await nursery.start(_signals, server)
+            await nursery.start(_signals, server, reload)
             if config.pid_file:
                 with open(config.pid_file, "w") as f:
                     f.write(str(os.getpid()))

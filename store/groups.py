@@ -52,6 +52,7 @@ class GroupState:
     confirmed: int = 0  # messages the hub confirmed since start
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> messages
     rejected: int = 0  # refused publishes (policy "reject")
+    duplicates: int = 0  # repeated Nats-Msg-Ids not stored again
 
     @property
     def unlimited(self) -> bool:

@@ -23,6 +23,7 @@ class GroupStats:
     accepted: int
     confirmed: int
     rejected: int
+    duplicates: int
     dropped: tuple[tuple[str, int], ...]  # (reason, messages), by reason
 
 
@@ -57,6 +58,7 @@ def snapshot(store: Store) -> StoreStats:
                 accepted=s.accepted,
                 confirmed=s.confirmed,
                 rejected=s.rejected,
+                duplicates=s.duplicates,
                 dropped=tuple(sorted(s.dropped.items())),
             )
             for s in store.groups.states

@@ -44,10 +44,12 @@ from typing import TypeVar
 
 import trio
 
-from edge.config import StoreConfig
+from edge.config import ForwardGroup, StoreConfig
 from edge.log import RateLimitedWarning, get_logger
 from store import buffer, db
+from store.acks import PublisherAcks
 from store.buffer import Trim
+from store.dedup import msg_id_of
 from store.groups import (
     REASON_DISK_FLOOR,
     REASON_DISK_FULL,
@@ -67,6 +69,8 @@ PENDING_HOLD = 4 * 1024 * 1024  # publishers are held back past this much pendin
 PENDING_MAX = 32 * 1024 * 1024  # and refused by policy past this
 FEED_MAX = 32 * 1024 * 1024  # committed records kept in memory for the uplink
 HOLD_MAX = 1.0  # longest a publisher is held per read
+UNAVAILABLE_AFTER = 3  # failed commits in a row before new messages are refused
+REASON_UNAVAILABLE = "store_unavailable"
 HOUSEKEEPING = 1.0
 DROP_LOG_PERIOD = 10.0
 # Sequences reserved ahead for memory-mode records (their rows may never be
@@ -89,6 +93,11 @@ class Store:
         # Per group: no count or size limit, so a message needs no verdict
         # while the disk is fine and the writer keeps up (the common case).
         self._unlimited = [state.unlimited for state in self.groups.states]
+        # Per group: the duplicate window in ms (0: no deduplication), and
+        # whether publishers' PONGs wait for their messages' commit.
+        self._dedup_ms = [int(s.spec.duplicate_window * 1000) for s in self.groups.states]
+        self._durable_flush = [s.spec.durable_flush for s in self.groups.states]
+        self.acks = PublisherAcks(self.groups)
         self.hostname = hostname
         self.gateway_id = config.gateway_id or ""
         self.server_id = ""
@@ -136,14 +145,36 @@ class Store:
         # max_file_size cap); cleared once rows are deleted, or a second later.
         self.disk_full = False
         self.last_error: str | None = None
+        # Commits failed in a row for another reason than a full disk (an I/O
+        # error, a damaged file): past UNAVAILABLE_AFTER the store refuses new
+        # messages, so publishers hear it instead of waiting for an ack.
+        self.commit_failures = 0
         self.commits = 0
         self.commit_seconds = 0.0
         self.bytes_committed = 0
         self._drop_log = RateLimitedWarning(DROP_LOG_PERIOD)
-        # How the server answers a publisher: a message to a reply subject, an
-        # error to a connection. Set by the server.
-        self.send_reply: ReplySender = lambda _reply, _data: None
+        # How the server answers a publisher: an error to a connection (set by
+        # the server), and a message to a reply subject (``send_reply``).
         self.send_error: ErrorSender = lambda _origin, _err: None
+
+    @property
+    def send_reply(self) -> ReplySender:
+        return self.acks.send_reply
+
+    @send_reply.setter
+    def send_reply(self, sender: ReplySender) -> None:
+        self.acks.send_reply = sender
+
+    def reconfigure(self, groups: tuple[ForwardGroup, ...]) -> None:
+        """New limits and behaviour for the same groups (a reload; edge.reload
+        checked that names, subjects and durability are unchanged)."""
+        for state, spec in zip(self.groups.states, groups, strict=False):
+            state.spec = spec
+        states = self.groups.states
+        self._unlimited = [state.unlimited for state in states]
+        self._dedup_ms = [int(s.spec.duplicate_window * 1000) for s in states]
+        self._durable_flush = [s.spec.durable_flush for s in states]
+        self._wake_writer()  # a lower limit trims at the next commit
 
     # ---- called by the router, synchronously -------------------------------------
 
@@ -158,19 +189,31 @@ class Store:
         header = data[:hdr] if hdr else None
         payload = data[hdr:] if hdr else data
         size = len(subject) + len(data)
+        now = _now_ms()
+        msg_id = msg_id_of(header) if header and self._dedup_ms[group] else None
+        if msg_id is not None:
+            first = self.acks.window.check(group, msg_id, now, self._dedup_ms[group])
+            if first:
+                self.acks.duplicate(group, first, reply, self.committed_seq)
+                return
         if not (
             self._unlimited[group]
             and self.pending_bytes <= PENDING_MAX
             and not self.low_disk
             and not self.disk_full
+            and not self.commit_failures
         ) and not self._admit(state, origin, subject, reply, size):
             return
         seq = self.next_seq
         self.next_seq = seq + 1
+        if msg_id is not None:
+            self.acks.window.add(group, msg_id, seq, now)
+        if self._durable_flush[group]:
+            origin.flush_seq = seq  # type: ignore[attr-defined]
         memory = state.spec.durability == "memory"
         if memory:
             self._memory_seq = seq
-        record = Record(seq, group, _now_ms(), subject, header, payload, not memory, reply)
+        record = Record(seq, group, now, subject, header, payload, not memory, reply)
         state.add(record.size)
         self.pending.append(record)
         self.pending_bytes += record.size
@@ -183,6 +226,9 @@ class Store:
         self, state: GroupState, origin: object, subject: bytes, reply: bytes, size: int
     ) -> bool:
         """Apply the group's limits and policy to a new message: True to store it."""
+        if self.commit_failures >= UNAVAILABLE_AFTER:
+            self._refuse(state, Verdict.REJECT, REASON_UNAVAILABLE, origin, subject, reply)
+            return False
         verdict, reason = state.verdict(size, self.low_disk or self.disk_full)
         if reason == REASON_DISK_FLOOR and self.disk_full:
             reason = REASON_DISK_FULL
@@ -206,7 +252,10 @@ class Store:
     ) -> None:
         if verdict is Verdict.REJECT:
             state.rejected += 1
-            text = f"store-and-forward limit reached ({reason})"
+            if reason == REASON_UNAVAILABLE:
+                text = f"store unavailable ({self.last_error})"
+            else:
+                text = f"store-and-forward limit reached ({reason})"
             if reply:
                 self.send_reply(reply, _error_reply(text))
             else:
@@ -418,7 +467,6 @@ class Store:
         return await trio.to_thread.run_sync(fn, self.conn, *args, limiter=self._limiter)
 
     async def _commit_loop(self) -> None:
-        failures = 0
         while True:
             if not (self.pending or self._spill or self._deletes):
                 self._committed.set()
@@ -432,9 +480,9 @@ class Store:
             # that always finds a new batch never idles.
             self._committed.set()
             self._committed = trio.Event()
-            failures = 0 if ok else failures + 1
-            if failures:
-                await trio.sleep(min(2.0, 0.05 * 2**failures))
+            self.commit_failures = 0 if ok or self.disk_full else self.commit_failures + 1
+            if not ok:
+                await trio.sleep(min(2.0, 0.05 * 2 ** max(1, self.commit_failures)))
 
     async def _commit_round(self) -> bool:
         """Commit one batch. False if the store failed (the batch is kept)."""
@@ -578,7 +626,7 @@ class Store:
         confirming.difference_update(deletes)
         if batch:
             self.committed_seq = max(self.committed_seq, batch[-1].seq)
-            self._publish_acks(batch)
+            self.acks.publish_acks(batch)
             if self.behind:
                 self._spill.extend(r for r in batch if not r.on_disk)
             else:
@@ -594,14 +642,8 @@ class Store:
             self.data_ready = trio.Event()
         self.last_error = None
         self._full_retry = False
+        self.acks.after_commit(self.committed_seq)
         self._release()
-
-    def _publish_acks(self, batch: list[Record]) -> None:
-        for rec in batch:
-            if rec.reply:
-                name = self.groups.states[rec.group].spec.name
-                self.send_reply(rec.reply, b'{"stream":"%b","seq":%d}' % (name.encode(), rec.seq))
-                rec.reply = b""
 
     def _commit_failed(
         self, exc: sqlite3.Error, batch: list[Record], spill: list[Record], deletes: list[int]
@@ -634,6 +676,9 @@ class Store:
             state = self.groups.states[rec.group]
             state.remove(rec.size)
             state.note_drop(REASON_DISK_FULL)
+            msg_id = msg_id_of(rec.hdr)
+            if msg_id is not None:
+                self.acks.window.forget(rec.group, msg_id, rec.seq)  # a retry may store it
             if rec.reply:
                 self.send_reply(rec.reply, _error_reply("store is full (disk_full)"))
                 rec.reply = b""
@@ -661,6 +706,7 @@ class Store:
         self.last_error = text  # _after_commit cleared it
         if lost:
             self.committed_seq = max(self.committed_seq, lost[-1].seq)
+            self.acks.after_commit(self.committed_seq)  # their publishers were told
         self._committed.set()
         self._committed = trio.Event()
         return False
@@ -676,6 +722,7 @@ class Store:
             await trio.sleep(HOUSEKEEPING)
             self._check_disk()
             self.disk_full = False  # try again: space may have been freed meanwhile
+            self.acks.window.expire(_now_ms(), max(self._dedup_ms, default=0))
             for state in self.groups.states:
                 if state.spec.max_age and state.count:
                     await self._expire(state)

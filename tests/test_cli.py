@@ -604,8 +604,10 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """Stand-ins for edge.server.serve and edge.log.configure."""
     seen: dict[str, Any] = {}
 
-    async def serve(config: ServerConfig) -> int:
+    async def serve(config: ServerConfig, reload: Any = None) -> int:
         seen["config"] = config
+        # SIGHUP loads the configuration again the same way (file and flags).
+        seen["reloaded"] = reload() if reload is not None else None
         return 7
 
     module = types.ModuleType("edge.server")
@@ -620,6 +622,7 @@ def test_run_calls_serve_with_config(fake_server: dict[str, Any]) -> None:
     config = fake_server["config"]
     assert config.port == 4301
     assert fake_server["log"] == LogConfig(debug=True, trace=True)
+    assert fake_server["reloaded"] == config  # a reload applies the same flags again
 
 
 def test_explicit_run_subcommand(fake_server: dict[str, Any]) -> None:

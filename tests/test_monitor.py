@@ -31,6 +31,7 @@ from edge import monitor_edge as me
 from edge import monitor_json as mj
 from edge.config import ServerConfig
 from edge.server import open_server
+from edge.service_json import SUBSCRIPTIONS
 from store.stats import GroupStats
 from tests.aio import connect, run, settle
 from tests.harness import (
@@ -399,6 +400,7 @@ def test_storez_body() -> None:
         accepted=5,
         confirmed=3,
         rejected=0,
+        duplicates=4,
         dropped=(("max_msgs", 1),),
     )
     snap = me.StoreSnap(
@@ -422,6 +424,7 @@ def test_storez_body() -> None:
     assert body["groups"][0]["oldest_age_seconds"] == 1.0
     assert body["groups"][0]["dropped"] == {"max_msgs": 1}
     assert body["groups"][0]["dropped_total"] == 1
+    assert body["groups"][0]["duplicates"] == 4
     assert body["forwarder"]["acked"] == 3 and body["link"]["up"] is False
     empty = me.storez("N", 10 * mj.NS, replace(snap, groups=(replace(group, oldest_ts=None),)))
     assert empty["groups"][0]["oldest_age_seconds"] is None
@@ -476,12 +479,17 @@ async def _clients_scenario(server: ServerProcess, url: str) -> None:
             await nc.close()
 
 
+# leafgate's own admin service subscribes too (edge.service).
+SERVICE_SUBS = 0 if is_nats_server_command(leafgate_command()) else SUBSCRIPTIONS
+
+
 def _check_varz(server: ServerProcess, url: str) -> None:
     varz = get_json(url + "/varz")
     assert varz["port"] == server.port
     assert varz["http_port"] == int(url.rpartition(":")[2])
     assert varz["connections"] == 5 and varz["total_connections"] >= 5
-    assert varz["subscriptions"] == 1 + 2 + 3 + 4 + 5 + 1
+    # The clients' subscriptions and those of leafgate's own admin service.
+    assert varz["subscriptions"] == 1 + 2 + 3 + 4 + 5 + 1 + SERVICE_SUBS
     assert varz["in_msgs"] == 3 and varz["out_msgs"] == 3
     assert varz["in_bytes"] > 0 and varz["out_bytes"] > 0
     assert varz["mem"] > 0 and varz["cores"] >= 1
@@ -527,7 +535,7 @@ def _check_connz(url: str) -> None:
 
 def _check_subsz(url: str) -> None:
     stats = get_json(url + "/subsz")
-    assert stats["num_subscriptions"] == 16 and "subscriptions_list" not in stats
+    assert stats["num_subscriptions"] == 16 + SERVICE_SUBS and "subscriptions_list" not in stats
     found = get_json(url + "/subsz?subs=1&test=s.0.0")
     assert found["total"] == 1
     assert [(s["subject"], s["msgs"]) for s in found["subscriptions_list"]] == [("s.0.0", 3)]
@@ -539,7 +547,7 @@ def _check_subsz(url: str) -> None:
     accountz = get_json(url + "/accountz")
     assert accountz["accounts"] == ["$G"]
     detail = get_json(url + "/accountz?acc=$G")["account_detail"]
-    assert detail["client_connections"] == 5 and detail["subscriptions"] == 16
+    assert detail["client_connections"] == 5 and detail["subscriptions"] == 16 + SERVICE_SUBS
     status, _headers, body = fetch(url + "/accountz?acc=NOPE")
     assert (status, body) == (400, b"Account NOPE does not exist")
 
@@ -620,6 +628,30 @@ async def test_connection_limit() -> None:
             await client.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             await client.read_until(b'{"status":"ok"}')
             await client.aclose()
+
+
+class _FakeBridge:
+    """A bridge as the monitor sees one (the real MQTT and serial bridges are
+    checked end to end in their own tests)."""
+
+    def __init__(self, name: str, state: str) -> None:
+        self.name, self.kind, self.state = name, "serial", state
+
+    def status(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind, "state": self.state, "frames_in": 3}
+
+
+async def test_bridgez_lists_every_bridge_with_its_state() -> None:
+    async with open_server(ServerConfig(port=0, http_port=0)) as server:
+        base = f"http://127.0.0.1:{server.http_port}"
+        empty = await trio.to_thread.run_sync(get_json, base + "/bridgez")
+        assert (empty["num_bridges"], empty["bridges"], empty["states"]) == (0, [], {})
+        server.bridges = [_FakeBridge("gps", "open"), _FakeBridge("meter", "waiting")]
+        body = await trio.to_thread.run_sync(get_json, base + "/bridgez")
+        assert body["num_bridges"] == 2 and body["server_id"] == server.server_id
+        assert body["states"] == {"open": 1, "waiting": 1}
+        assert [b["name"] for b in body["bridges"]] == ["gps", "meter"]
+        assert body["bridges"][0]["frames_in"] == 3
 
 
 # ---- /connz on many clients ----------------------------------------------------------------

@@ -30,6 +30,8 @@ _CANDIDATES = [
     ROOT / "store" / "errors.py",
     ROOT / "store" / "groups.py",
     ROOT / "store" / "window.py",
+    ROOT / "store" / "dedup.py",
+    ROOT / "store" / "acks.py",
     # Synchronous SQLite, run in the writer's thread: no trio, no logging either.
     ROOT / "store" / "buffer.py",
     ROOT / "store" / "db.py",

@@ -117,6 +117,12 @@ CASES: dict[str, Case] = {
             "publish on a store-and-forward subject, hub link up (JetStream stream), 128 B",
         ),
         Case(
+            "store_ack32_128",
+            "msgs/s",
+            True,
+            "acked publish (PubAck after commit) to a stored subject, 32 in flight, 128 B",
+        ),
+        Case(
             "store_drain_1m",
             "msgs/s",
             True,

@@ -51,6 +51,7 @@ from .common import (
     Target,
 )
 from .loadgen import WorkerSpec, run_workers
+from .protocol import handshake
 from .servers import Server, descendants, free_ports, log_tail, start_server, stop_server
 from .storeside import (
     BYTES_SETTLE,
@@ -306,7 +307,61 @@ def _store_bytes(t: Target, warmup: float, duration: float) -> Measurement:
     return _said(t, "store_bytes_128", Measurement(value, extra | {"msgs": n}))
 
 
+# ------------------------------------------------------------ store_ack32_128
+
+ACK_INFLIGHT = 32
+ACK_INBOX = b"_INBOX.benchack."
+
+
+def acked_publish(port: int, inflight: int, duration: float) -> tuple[int, int, float]:
+    """Publish 128 B requests on the stored subject with *inflight* unanswered at
+    any time, for *duration* seconds; return (acks, error replies, seconds)."""
+    sock, buf = handshake(port, b"SUB " + ACK_INBOX + b"* 1\r\n")
+    payload = b"x" * SIZE
+    frame = b"PUB %b %b%%d %d\r\n%b\r\n" % (STORE_SUBJECT, ACK_INBOX, SIZE, payload)
+    mark = b"MSG " + ACK_INBOX
+    sent = answered = errors = 0
+    with sock:
+        t0 = time.monotonic()
+        end = t0 + duration
+        sock.sendall(b"".join(frame % (sent + i) for i in range(inflight)))
+        sent = inflight
+        stream = bytes(buf)
+        while answered < sent:
+            data = sock.recv(262144)
+            if not data:
+                raise BenchError("the server closed the acked publisher")
+            stream = stream + data
+            cut = stream.rfind(b"\r\n")  # count whole lines only
+            done, stream = stream[: cut + 2], stream[cut + 2 :]
+            new = done.count(mark)
+            errors += done.count(b'"error"')
+            if b"PING\r\n" in done:
+                sock.sendall(b"PONG\r\n")
+            answered += new
+            if new and time.monotonic() < end:
+                sock.sendall(b"".join(frame % (sent + i) for i in range(new)))
+                sent += new
+        return answered, errors, time.monotonic() - t0
+
+
+@_bench_errors
+def _store_ack32(t: Target, warmup: float, duration: float) -> Measurement:
+    NOTES["store_ack32_128"] = (
+        "leafgate acks after the fsync of the batch (durability fsync); nats-server 2.9.10 "
+        "acks from its JetStream file store before syncing (no sync_interval setting)"
+    )
+    with Topology(t, hub=False) as top:
+        acked_publish(top.leaf_server.port, ACK_INFLIGHT, warmup)
+        acks, errors, secs = acked_publish(top.leaf_server.port, ACK_INFLIGHT, duration)
+        top.alive()
+    if errors:
+        raise BenchError(f"{errors} of {acks} publishes were answered with an error")
+    return _said(t, "store_ack32_128", Measurement(acks / secs, {"msgs": acks}))
+
+
 STORE_RUNNERS: dict[str, Runner] = {
+    "store_ack32_128": _store_ack32,
     "store_pub_128": _store_pub,
     "store_drain_1m": _store_drain,
     "store_bytes_128": _store_bytes,
@@ -328,6 +383,11 @@ def describe(name: str, value: float, get: Callable[[str], float]) -> str:
     def have(key: str) -> bool:
         return not math.isnan(get(key))
 
+    if name == "store_ack32_128":
+        return (
+            f"{_fmt_rate(value)} acked msgs/s with {ACK_INFLIGHT} in flight, link down "
+            f"({get('msgs'):.0f} acks)"
+        )
     if name == "store_pub_128":
         ratio = get("vs_plain")
         text = (

@@ -1,0 +1,101 @@
+"""What the store tells publishers: PubAcks, duplicates, and held PONGs.
+
+* A PubAck (``{"stream":<group>,"seq":N}``) goes to a message's reply subject
+  once the commit its durability mode requires is done.
+* A repeated ``Nats-Msg-Id`` within the group's duplicate window is not
+  stored; its PubAck names the first copy with ``"duplicate":true``, sent
+  only once that first copy is committed (an ack never promises more than
+  the commit it stands for).
+* Durable flush: a connection that published to a ``durable_flush`` group has
+  its PONGs held until everything it published before the PING is
+  committed. PONGs stay in PING order: once one is held, later ones queue
+  behind it.
+
+The writer calls ``after_commit`` after every commit round with the highest
+committed sequence. Nothing here waits or does I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from store.dedup import DuplicateWindow
+from store.groups import GroupTable
+from store.window import Record
+
+PONG = b"PONG\r\n"
+
+ReplySender = Callable[[bytes, bytes], None]
+
+
+class FlushClient(Protocol):
+    """A publisher whose PONGs may be held (edge.connection.ClientConnection)."""
+
+    flush_seq: int
+    pongs_due: deque[int] | None
+
+    def send(self, data: bytes) -> None: ...
+
+
+class PublisherAcks:
+    def __init__(self, groups: GroupTable) -> None:
+        self.groups = groups
+        self.window = DuplicateWindow()
+        self.send_reply: ReplySender = lambda _reply, _data: None
+        # Duplicate acks waiting for their first copy's commit: (seq, reply, body).
+        self._deferred: list[tuple[int, bytes, bytes]] = []
+        self._flush_waiters: set[FlushClient] = set()
+
+    def pub_ack(self, rec: Record) -> bytes:
+        name = self.groups.states[rec.group].spec.name.encode()
+        return b'{"stream":"%b","seq":%d}' % (name, rec.seq)
+
+    def publish_acks(self, batch: list[Record]) -> None:
+        for rec in batch:
+            if rec.reply:
+                self.send_reply(rec.reply, self.pub_ack(rec))
+                rec.reply = b""
+
+    def duplicate(self, group: int, first_seq: int, reply: bytes, committed_seq: int) -> None:
+        """A repeated Nats-Msg-Id: count it and answer with the first copy's ack."""
+        state = self.groups.states[group]
+        state.duplicates += 1
+        if not reply:
+            return
+        body = b'{"stream":"%b","seq":%d,"duplicate":true}' % (
+            state.spec.name.encode(),
+            first_seq,
+        )
+        if first_seq <= committed_seq:
+            self.send_reply(reply, body)
+        elif len(self._deferred) < 65536:
+            self._deferred.append((first_seq, reply, body))
+
+    def hold_pong(self, client: FlushClient, committed_seq: int) -> bool:
+        """Answer a PING of *client*: False if the PONG may go now, True if held."""
+        due = client.pongs_due
+        if client.flush_seq <= committed_seq and not due:
+            return False
+        if due is None:
+            due = client.pongs_due = deque()
+        due.append(client.flush_seq)
+        self._flush_waiters.add(client)
+        return True
+
+    def after_commit(self, committed_seq: int) -> None:
+        if self._deferred:
+            ready = [d for d in self._deferred if d[0] <= committed_seq]
+            if ready:
+                self._deferred = [d for d in self._deferred if d[0] > committed_seq]
+                for _seq, reply, body in ready:
+                    self.send_reply(reply, body)
+        if self._flush_waiters:
+            for client in list(self._flush_waiters):
+                due = client.pongs_due
+                while due and due[0] <= committed_seq:
+                    due.popleft()
+                    client.send(PONG)
+                if not due:
+                    self._flush_waiters.discard(client)
