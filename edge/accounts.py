@@ -59,6 +59,7 @@ class _Internal:
     """A subscriber inside the server (no socket)."""
 
     echo = True
+    local = True
     inline = False
     wake_pending = True
     stall_mark = 1 << 62
@@ -140,15 +141,15 @@ class ServiceImport(_Internal):
         super().__init__()
         self.exporter = exporter
         self.subject = imp.subject
-        self.local = imp.to or imp.subject
+        self.local_subject = imp.to or imp.subject
         self.responses = _Responses(exporter, importer, clock)
-        importer.subscribe(Subscription(self, self.local, None, b"service"))
+        importer.subscribe(Subscription(self, self.local_subject, None, b"service"))
 
     def deliver(
         self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
     ) -> None:
         mapped_reply = self.responses.route(reply) if reply else b""
-        target = remap(self.local, self.subject, subject)
+        target = remap(self.local_subject, self.subject, subject)
         self._relay(self.exporter, target, mapped_reply, hdr, data)
 
 

@@ -43,10 +43,10 @@ from edge.config_values import (
 
 # Sections of the builder, one per dataclass the loader fills in.
 _SERVER, _AUTH, _LOG, _LEAF, _STORE = "server", "auth", "log", "leafnodes", "store"
-# Section holding the parsed [bridges] table (a BridgesConfig under "config").
-_BRIDGES = "bridges"
 # Raw values of the security keys, by full key, parsed by edge.auth.settings.
 _SECURITY = "security"
+# Section holding the parsed [bridges] table (a BridgesConfig under "config").
+_BRIDGES = "bridges"
 # Section of the builder of one store.forward entry.
 _GROUP = "group"
 # Sections of the builder of one leafnodes.remotes entry.

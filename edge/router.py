@@ -40,9 +40,11 @@ class Subscriber(Protocol):
     On its fast paths the router appends a framed MSG to ``out`` itself and
     calls ``appended`` only when something needs doing (writer asleep, buffer
     over its stall mark, an UNSUB max to honour); everything else goes through
-    ``deliver``.
+    ``deliver``. An in-process subscriber (``local``: no frames to build for it)
+    has ``inline`` False, so it gets every message through ``deliver``.
     """
 
+    local: bool
     echo: bool
     out: bytearray
     close_reason: CloseReason | None

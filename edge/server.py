@@ -161,6 +161,12 @@ class Server:
         if plan.log:
             logs.configure(new.log)
         self.config = new
+        if (plan.security or plan.auth) and self.security is not None:
+            # Users, passwords, permissions and the single user/token: a new
+            # authenticator; connected clients whose rules changed are closed.
+            closed = self.security.reload_users(new)
+            if closed:
+                log.info("reload_closed_clients", clients=closed)
         if plan.auth:
             # New connections authenticate against the new settings; existing
             # ones stay (they authenticated when they connected).
@@ -168,14 +174,10 @@ class Server:
                 user=new.auth.user,
                 password=new.auth.password,
                 token=new.auth.token,
-                delegated=self.credentials.delegated,
+                delegated=self.security is not None and self.security.authenticator.required,
             )
             self._info_base = self._base_info()
             self._info_base["port"] = self.port
-        if (plan.security or plan.auth) and self.security is not None:
-            closed = self.security.reload_users(new)
-            if closed:
-                log.info("reload_closed_clients", clients=closed)
         if plan.store_groups and self.store is not None:
             self.store.reconfigure(new.store.groups)
         if plan.bridges and self._bridge_set is not None:

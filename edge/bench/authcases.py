@@ -22,7 +22,7 @@ from .cases import throughput
 from .common import PING, SOCKET_TIMEOUT, BenchError, Measurement, Runner, Target
 from .loadgen import WorkerSpec
 from .protocol import await_pong, connect, recv_line
-from .servers import start_server, stop_server
+from .servers import cpu_seconds, start_server, stop_server
 
 _PERMS_NATS = """
 authorization {
@@ -90,8 +90,11 @@ def _connect_rate(method: str) -> Runner:
         try:
             _setups(server.port, creds, signer, warmup)
             start = time.monotonic()
+            cpu0 = cpu_seconds(server.pid)
             n = _setups(server.port, creds, signer, duration)
-            return Measurement(n / (time.monotonic() - start))
+            # The server's own CPU per setup: steadier than the rate on a busy machine.
+            cpu_us = (cpu_seconds(server.pid) - cpu0) / n * 1e6
+            return Measurement(n / (time.monotonic() - start), {"server_us": round(cpu_us, 1)})
         finally:
             stop_server(server)
 
