@@ -290,8 +290,10 @@ class SerialBridge:
         try:
             try:
                 await self._write(data)
-            except (OSError, trio.TooSlowError) as exc:
-                self._reject("downlink_error", str(exc) or "write timed out")
+            except (OSError, trio.TooSlowError, trio.ClosedResourceError) as exc:
+                # ClosedResourceError: the port went away (closed by the port
+                # task) while this write waited for room.
+                self._reject("downlink_error", str(exc) or type(exc).__name__)
                 self._error_reply(msg, "503", f"write failed: {exc}")
                 return
             self.written += 1
