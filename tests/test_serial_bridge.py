@@ -240,3 +240,26 @@ async def test_a_path_that_is_not_a_serial_port_is_in_error(tmp_path: Path) -> N
         sub = server.local_client("y").subscribe("still.up")
         assert other.publish("still.up", b"1")
         assert (await _take(sub, 1))[0].data == b"1"
+
+
+async def test_device_unplugged_during_a_blocked_downlink_write(tmp_path: Path) -> None:
+    """A write waiting for room in a full tty when the device goes away is a
+    counted downlink error; the bridge goes on waiting for the device."""
+    pair = PtyPair(tmp_path).start()
+    try:
+        async with _server(_port(pair, downlink="cmd.s1")) as server:
+            bridge = await _opened(server.bridges[0])
+            app = server.local_client("app")
+            app.publish("cmd.s1", b"x" * 900_000)  # more than the ptys and socat buffer
+            await trio.sleep(0.3)
+            assert bridge.status()["written"] == 0  # blocked: nobody reads the device side
+            pair.stop()
+            await _until(lambda: bridge.status()["state"] == "waiting", "port waiting")
+            await _until(lambda: bridge.status()["rejected"].get("downlink_error") == 1, "error")
+            pair.start()
+            await _opened(bridge)
+            sub = app.subscribe("serial.>")
+            await pair.write(b"back\n")
+            assert (await _take(sub, 1))[0].data == b"back"
+    finally:
+        pair.stop()

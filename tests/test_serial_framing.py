@@ -270,3 +270,18 @@ def test_serial_ports_through_the_config_file_path() -> None:
     with pytest.raises(ConfigError) as err:
         config_from_dict({"bridges": {"serial": [{"name": "a", "path": "/dev/x"}] * 2}})
     assert err.value.key == "bridges.serial[1].name"
+
+
+@given(st.text(max_size=40))
+def test_device_values_never_add_tokens_or_wildcards(value: str) -> None:
+    from edge.subjects import is_valid_publish_subject
+
+    tpl = parse_template("sensors.{port}.{field:id}.v")
+    try:
+        subject = tpl.render("p1", {"id": value})
+    except RenderError as exc:
+        assert exc.reason == "bad_subject"
+        return
+    assert subject == f"sensors.p1.{value}.v"
+    assert len(subject.split(".")) == 4
+    assert is_valid_publish_subject(subject.encode())

@@ -125,24 +125,24 @@ class SerialBridge:
     async def _supervise(self) -> None:
         backoff = self.config.retry_min
         while True:
+            opened = False
             try:
                 self._open()
-            except (OSError, serial.SerialException) as exc:
-                self._set_state("waiting" if not os.path.exists(self.config.path) else "error", exc)
-                await trio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, self.config.retry_max)
-                continue
-            backoff = self.config.retry_min
-            try:
+                opened = True
                 await self._read_loop()
-            except (OSError, _PortGone) as exc:
-                self._set_state("waiting", exc)
+            except (OSError, serial.SerialException, _PortGone) as exc:
+                # Gone while open, or absent: waiting; there but unusable: error.
+                gone = opened or not os.path.exists(self.config.path)
+                self._set_state("waiting" if gone else "error", exc)
             except Exception as exc:  # the bridge boundary: never crash the server
                 log.exception("serial_bridge_failed", port=self.name)
                 self._set_state("error", exc)
-                await trio.sleep(backoff)
             finally:
                 self._close()
+            if opened:
+                backoff = self.config.retry_min
+            await trio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.config.retry_max)
 
     def _open(self) -> None:
         cfg = self.config
@@ -290,8 +290,10 @@ class SerialBridge:
         try:
             try:
                 await self._write(data)
-            except (OSError, trio.TooSlowError) as exc:
-                self._reject("downlink_error", str(exc) or "write timed out")
+            except (OSError, trio.TooSlowError, trio.ClosedResourceError) as exc:
+                # ClosedResourceError: the port went away (closed by the port
+                # task) while this write waited for room.
+                self._reject("downlink_error", str(exc) or type(exc).__name__)
                 self._error_reply(msg, "503", f"write failed: {exc}")
                 return
             self.written += 1
