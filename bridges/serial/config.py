@@ -39,8 +39,10 @@ class SerialPortConfig:
     downlink: str = ""  # subject whose messages are written to the port ("" = none)
     reply_timeout: float = 1.0
     line_ending: bytes = b"\r\n"
-    max_rate: float = 2000.0  # frames per second published, beyond: dropped as flood
-    burst: int = 2000
+    # Frames per second published; beyond: dropped as flood. The default is
+    # above the most a 115200-baud line can carry (5760 two-byte lines/s).
+    max_rate: float = 10000.0
+    burst: int = 5000
     retry_min: float = 0.5
     retry_max: float = 10.0
 

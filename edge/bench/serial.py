@@ -140,17 +140,22 @@ def _wait_log(log: Path, event: str, timeout: float) -> None:
         time.sleep(0.02)
 
 
-def _frame(seq: int) -> bytes:
-    return b"%08d,21.50,40.10,1013.25,ok\r\n" % seq
+DEFAULT_FRAME = 33  # ``00000042,21.50,40.10,1013.25,ok`` and CRLF
+MIN_FRAME = 10  # eight digits and CRLF
 
 
-def _send(fd: int, baud: int, duration: float) -> tuple[int, float]:
+def _frame(seq: int, size: int = DEFAULT_FRAME) -> bytes:
+    """Frame ``seq``: its number, padding, CRLF; ``size`` bytes in all."""
+    body = b"%08d,21.50,40.10,1013.25,ok" % seq
+    return body[: size - 2].ljust(size - 2, b"x") + b"\r\n"
+
+
+def _send(fd: int, baud: int, duration: float, size: int) -> tuple[int, float]:
     """Numbered frames at ``baud`` (ten bits a byte) for ``duration`` seconds.
 
     Returns the frames sent and the longest a write blocked (the pty full:
     the bridge fell behind the line rate for that long)."""
     rate = baud / 10.0
-    size = len(_frame(0))
     total = int(duration * rate) // size
     start = time.monotonic()
     sent = 0
@@ -160,14 +165,14 @@ def _send(fd: int, baud: int, duration: float) -> tuple[int, float]:
         due = total if elapsed >= duration else int(elapsed * rate) // size
         if due > sent:
             t = time.monotonic()
-            os.write(fd, b"".join(_frame(i) for i in range(sent, due)))
+            os.write(fd, b"".join(_frame(i, size) for i in range(sent, due)))
             stall = max(stall, time.monotonic() - t)
             sent = due
         time.sleep(0.002)
     return sent, stall
 
 
-def run(duration: float, baud: int, cmd: list[str]) -> SerialResult:
+def run(duration: float, baud: int, cmd: list[str], size: int = DEFAULT_FRAME) -> SerialResult:
     tmp = Path(tempfile.mkdtemp(prefix="leafgate-bench-serial-"))
     pty = _Pty(tmp)
     try:
@@ -183,7 +188,7 @@ def run(duration: float, baud: int, cmd: list[str]) -> SerialResult:
             if not sub.ready.wait(5):
                 raise BenchError("the subscriber got no PONG")
             cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
-            sent, stall = _send(pty.fd, baud, duration)
+            sent, stall = _send(pty.fd, baud, duration, size)
             window = time.monotonic() - t0
             cpu = cpu_seconds(server.pid) - cpu0
             deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -198,9 +203,8 @@ def run(duration: float, baud: int, cmd: list[str]) -> SerialResult:
     finally:
         pty.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    seqs = [int(p.split(b",", 1)[0]) for p in sub.payloads]
+    seqs = [int(p[:8]) for p in sub.payloads]
     unique = set(seqs)
-    size = len(_frame(0))
     return SerialResult(
         baud=baud,
         duration_s=round(window, 3),
@@ -221,12 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edge.bench.serial", description=__doc__)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
     ap.add_argument("--baud", type=int, default=115200)
+    ap.add_argument(
+        "--frame-bytes",
+        type=int,
+        default=DEFAULT_FRAME,
+        help=f"bytes per line frame, CRLF included (at least {MIN_FRAME})",
+    )
     ap.add_argument("--leafgate-cmd", default=None, help="command starting leafgate")
     ap.add_argument("--json", metavar="FILE", default=None)
     args = ap.parse_args(argv)
     cmd = args.leafgate_cmd.split() if args.leafgate_cmd else [sys.executable, "-m", "edge", "run"]
+    if args.frame_bytes < MIN_FRAME:
+        ap.error(f"--frame-bytes must be at least {MIN_FRAME}")
     try:
-        result = run(args.duration, args.baud, cmd)
+        result = run(args.duration, args.baud, cmd, args.frame_bytes)
     except BenchError as exc:
         print(f"bench serial: {exc}", file=sys.stderr)
         return 2
