@@ -33,6 +33,10 @@ _CANDIDATES = [
     ROOT / "store" / "db.py",
     ROOT / "bridges" / "mapping.py",
     ROOT / "bridges" / "framing.py",
+    ROOT / "bridges" / "mqtt" / "mapping.py",
+    ROOT / "bridges" / "mqtt" / "headers.py",
+    ROOT / "bridges" / "mqtt" / "recent.py",
+    ROOT / "bridges" / "mqtt" / "config.py",
 ]
 PURE_FILES = [path for path in _CANDIDATES if path.exists()]
 
