@@ -136,10 +136,22 @@ class MqttBridge:
         async with trio.open_nursery() as nursery:
             for mapping in self._out_maps:
                 sub = self.local.subscribe(mapping.filter)
-                nursery.start_soon(self._outbound, mapping, sub)
-            nursery.start_soon(self._pump)
+                nursery.start_soon(self._guarded, partial(self._outbound, mapping, sub))
+            nursery.start_soon(self._guarded, self._pump)
             task_status.started()
             await self._connection_loop()
+
+    async def _guarded(self, task: Any) -> None:
+        """The bridge boundary for the pump and the outbound tasks: a bug logs
+        and restarts the task, never the server."""
+        while True:
+            try:
+                await task()
+                return
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("mqtt_bridge_task_failed", bridge=self.name)
+            await trio.sleep(1.0)
 
     async def _connection_loop(self) -> None:
         attempt = 0
@@ -328,8 +340,11 @@ class MqttBridge:
                     client, msg = self._inbound.popleft()
                     stored = self._bridge_in(client, msg)
                     if stored is not None:
-                        await limiter.acquire_on_behalf_of(msg)
-                        nursery.start_soon(self._store_then_ack, limiter, client, msg, *stored)
+                        token = object()
+                        await limiter.acquire_on_behalf_of(token)
+                        nursery.start_soon(
+                            self._store_then_ack, limiter, token, client, msg, *stored
+                        )
                 self._room.set()
                 await self.local.wait_room()
 
@@ -380,6 +395,7 @@ class MqttBridge:
     async def _store_then_ack(
         self,
         limiter: trio.CapacityLimiter,
+        token: object,
         client: paho.Client,
         msg: paho.MQTTMessage,
         subject: str,
@@ -400,7 +416,7 @@ class MqttBridge:
             self._drop("store_error")
             self.last_error = f"store request on {subject}: {type(exc).__name__}"
         finally:
-            limiter.release_on_behalf_of(msg)
+            limiter.release_on_behalf_of(token)
 
     # ---- NATS -> MQTT ------------------------------------------------------------------------
 
