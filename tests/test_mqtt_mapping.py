@@ -89,7 +89,11 @@ def test_topic_round_trips_and_gives_valid_subjects(topic: str) -> None:
 
 @given(subjects)
 def test_subject_gives_valid_topic(subject: str) -> None:
-    topic = subject_to_topic(subject)
+    try:
+        topic = subject_to_topic(subject)
+    except MappingError:
+        assert subject == "%"  # one empty level: refused (counted as unmapped)
+        return
     assert topic and "+" not in topic and "#" not in topic and "\x00" not in topic
     # A subject that came from MQTT comes back the same.
     assert topic_to_subject(subject_to_topic(topic_to_subject(topic))) == topic_to_subject(topic)

@@ -106,6 +106,7 @@ class MqttBridge:
         self._recent = RecentPublishes()
         self._in_maps = [m for m in config.mappings if m.direction == "mqtt_to_nats"]
         self._out_maps = [m for m in config.mappings if m.direction == "nats_to_mqtt"]
+        self._plain_headers: tuple[tuple[str, str], ...] = ((MARKER, self.name),)
         self._route_cache: dict[str, tuple[MqttMapping, str] | None] = {}
 
     # ---- status ---------------------------------------------------------------------
@@ -365,24 +366,27 @@ class MqttBridge:
             if msg.retain and not mapping.forward_retained:
                 self._drop("retained")
                 return None
-            props = getattr(msg, "properties", None)
-            user_props = list(getattr(props, "UserProperty", ()) or ())
+            props = msg.properties if self.config.mqtt5 else None
+            user_props = getattr(props, "UserProperty", None) or ()
             if self.config.mqtt5:
-                if marked_by(user_props) == self.name:
+                if user_props and marked_by(user_props) == self.name:
                     self._drop("loop")
                     return None
             elif self._recent.take(topic, payload, trio.current_time()):
                 self._drop("loop")
                 return None
-            out = to_nats_headers(
-                self.name, user_props, getattr(props, "ContentType", None), bool(msg.retain)
-            )
-            if out.skipped:
-                self._drop("property", out.skipped)
+            content_type = getattr(props, "ContentType", None) if props is not None else None
+            if not user_props and content_type is None and not msg.retain:
+                headers = self._plain_headers  # the common case, one tuple for all
+            else:
+                out = to_nats_headers(self.name, user_props, content_type, bool(msg.retain))
+                if out.skipped:
+                    self._drop("property", out.skipped)
+                headers = out.headers
             if msg.qos > 0 and self.local.stored(subject):
                 ack = False
-                return subject, out.headers
-            self.local.publish(subject, payload, headers=out.headers)
+                return subject, headers
+            self.local.publish(subject, payload, headers=headers)
             self.messages_in += 1
         except PublishError as exc:
             self._drop("refused")

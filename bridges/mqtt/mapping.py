@@ -130,7 +130,11 @@ def subject_to_topic(subject: str, *, strip: int = 0, prefix: str = "") -> str:
             raise MappingError(f"subject {subject!r} has no token left after stripping {strip}")
         tokens = tokens[strip:]
     topic = "/".join(_token_to_level(t) for t in tokens)
-    return f"{prefix}/{topic}" if prefix else topic
+    if prefix:
+        return f"{prefix}/{topic}"
+    if not topic:  # the lone token "%": one empty level is no topic
+        raise MappingError(f"{subject!r} maps to an empty topic")
+    return topic
 
 
 def filter_to_subject(topic_filter: str) -> str:

@@ -39,6 +39,8 @@ class RecentPublishes:
 
     def take(self, topic: str, payload: bytes, now: float) -> bool:
         """True (and forget one copy) when ``topic``/``payload`` was noted recently."""
+        if not self._seen:
+            return False
         self._expire(now)
         key = self._key(topic, payload)
         entry = self._seen.get(key)
