@@ -32,6 +32,13 @@ def mosquitto_bin() -> str:
     return path
 
 
+def _passwd_bin() -> str:
+    path = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(path).exists():
+        raise RuntimeError("mosquitto_passwd not found (it comes with the mosquitto package)")
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,9 +55,15 @@ def _answers(port: int) -> bool:
 
 class Mosquitto:
     def __init__(
-        self, workdir: Path, tls: TLSFiles | None = None, *, persistence: bool = False
+        self,
+        workdir: Path,
+        tls: TLSFiles | None = None,
+        *,
+        persistence: bool = False,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.users = users
         self.persistence = persistence
         self.tls = tls
         self.port = 0
@@ -64,8 +77,16 @@ class Mosquitto:
             "persistence true" if self.persistence else "persistence false",
             f"persistence_location {self.workdir}/" if self.persistence else "",
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            "allow_anonymous false" if self.users else "allow_anonymous true",
         ]
+        if self.users:
+            passwd = self.workdir / "mosquitto.passwd"
+            passwd.write_text("")
+            for user, password in self.users.items():
+                subprocess.run(
+                    [_passwd_bin(), "-b", str(passwd), user, password], check=True, timeout=10
+                )
+            lines.append(f"password_file {passwd}")
         if self.tls is not None:
             lines += [
                 f"listener {self.tls_port} 127.0.0.1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -88,7 +89,9 @@ async def test_mqtt_to_nats_wildcards_qos_and_properties(broker: Mosquitto, prot
             assert (second.subject, second.data) == ("dev.k2.temp", b"19")
             await trio.sleep(0.2)
             assert sub.pending == 0
-            assert server.bridges[0].status()["messages_in"] == 2
+            status = server.bridges[0].status()
+            assert status["messages_in"] == 2 and status["dropped"] == {}
+            assert json.loads(json.dumps(status))["kind"] == "mqtt"
         finally:
             peer.close()
 
@@ -257,6 +260,23 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
         async with open_server(ServerConfig(port=0, bridges=BridgesConfig(mqtt=(cfg,)))) as server:
             with trio.fail_after(10):
                 while not server.bridges[0].status()["last_error"]:
+                    await trio.sleep(0.05)
+            assert server.bridges[0].status()["state"] != "connected"
+    finally:
+        mosq.stop()
+
+
+async def test_username_password(tmp_path: Path) -> None:
+    mosq = Mosquitto(tmp_path, users={"gw": "s3cret"}).start()
+    try:
+        entry = _entry(mosq.port, [{"nats": "up.>"}], username="gw", password="s3cret")
+        async with bridged(entry) as server:
+            assert server.bridges[0].status()["state"] == "connected"
+        entry["password"] = "wrong"
+        cfg = parse_mqtt_bridge(entry, "k")
+        async with open_server(ServerConfig(port=0, bridges=BridgesConfig(mqtt=(cfg,)))) as server:
+            with trio.fail_after(10):
+                while "refused" not in (server.bridges[0].status()["last_error"] or ""):
                     await trio.sleep(0.05)
             assert server.bridges[0].status()["state"] != "connected"
     finally:

@@ -161,7 +161,7 @@ class MqttBridge:
             try:
                 await self._session()
             except Exception as exc:  # the bridge boundary: log, back off, reconnect
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = self._describe(exc)
                 log.warning("mqtt_bridge_disconnected", bridge=self.name, error=self.last_error)
             finally:
                 self._requeue_inflight()
@@ -176,6 +176,14 @@ class MqttBridge:
             delay = min(self.config.reconnect_max, self.config.reconnect_min * 2**attempt)
             attempt = min(attempt + 1, 30)
             await trio.sleep(delay * random.uniform(0.8, 1.0))
+
+    def _describe(self, exc: BaseException) -> str:
+        rc = self._connack_rc
+        if rc is not None and rc.is_failure:
+            return f"broker refused the connection: {rc}"
+        if isinstance(exc, BaseExceptionGroup):
+            return "; ".join(self._describe(inner) for inner in exc.exceptions)
+        return f"{type(exc).__name__}: {exc}"
 
     def _make_client(self) -> paho.Client:
         cfg = self.config
