@@ -43,6 +43,10 @@ _CANDIDATES = [
     ROOT / "bridges" / "serial" / "config.py",
     ROOT / "bridges" / "serial" / "framing.py",
     ROOT / "bridges" / "serial" / "template.py",
+    ROOT / "bridges" / "mqtt" / "mapping.py",
+    ROOT / "bridges" / "mqtt" / "headers.py",
+    ROOT / "bridges" / "mqtt" / "recent.py",
+    ROOT / "bridges" / "mqtt" / "config.py",
 ]
 PURE_FILES = [path for path in _CANDIDATES if path.exists()]
 

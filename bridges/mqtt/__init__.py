@@ -1,0 +1,1 @@
+"""The MQTT bridge: MQTT topics <-> NATS subjects through a paho-mqtt client driven by Trio."""
