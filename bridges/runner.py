@@ -48,7 +48,7 @@ def build_bridge(client: LocalClient, kind: str, entry: Any) -> Bridge:
     if kind == "mqtt":
         from bridges.mqtt.bridge import MqttBridge
 
-        return MqttBridge(client, entry)  # type: ignore[no-any-return]
+        return MqttBridge(client, entry)
     from bridges.serial.bridge import SerialBridge
 
     return SerialBridge(client, entry)
