@@ -50,7 +50,7 @@ from bridges.mqtt.config import MqttBridgeConfig, MqttMapping
 from bridges.mqtt.headers import MARKER, marked_by, to_mqtt_properties, to_nats_headers
 from bridges.mqtt.mapping import MappingError
 from bridges.mqtt.recent import RecentPublishes
-from edge.local import LocalClient, LocalMsg, NoResponders, PublishError
+from edge.local import LocalClient, LocalMsg, LocalSubscription, NoResponders, PublishError
 from edge.log import get_logger
 
 log = get_logger("bridges.mqtt")
@@ -107,11 +107,16 @@ class MqttBridge:
         self._in_maps = [m for m in config.mappings if m.direction == "mqtt_to_nats"]
         self._out_maps = [m for m in config.mappings if m.direction == "nats_to_mqtt"]
         self._plain_headers: tuple[tuple[str, str], ...] = ((MARKER, self.name),)
+        self._subs: list[LocalSubscription] = []
         self._route_cache: dict[str, tuple[MqttMapping, str] | None] = {}
 
     # ---- status ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        dropped = dict(self.dropped)
+        slow = sum(sub.dropped for sub in self._subs)
+        if slow:  # NATS messages the outbound subscriptions could not queue
+            dropped["slow_consumer"] = slow
         return {
             "name": self.name,
             "kind": self.kind,
@@ -121,7 +126,7 @@ class MqttBridge:
             "tls": self.config.tls is not None,
             "messages_in": self.messages_in,
             "messages_out": self.messages_out,
-            "dropped": dict(self.dropped),
+            "dropped": dropped,
             "held": len(self._hold) + len(self._inflight),
             "inbound_pending": len(self._inbound),
             "reconnects": self.reconnects,
@@ -135,10 +140,13 @@ class MqttBridge:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            subs = []
             for mapping in self._out_maps:
                 sub = self.local.subscribe(mapping.filter)
+                subs.append(sub)
                 nursery.start_soon(self._guarded, partial(self._outbound, mapping, sub))
             nursery.start_soon(self._guarded, self._pump)
+            self._subs = subs
             task_status.started()
             await self._connection_loop()
 
@@ -491,6 +499,13 @@ class MqttBridge:
         while item.qos > 0 and len(self._inflight) >= INFLIGHT_MAX:
             self._acked = trio.Event()
             await self._acked.wait()
+        if client is not self._client or self.state != "connected":
+            # The connection dropped while we waited for room.
+            if item.qos > 0:
+                self._hold_item(item)
+            else:
+                self._drop("disconnected")
+            return
         properties = None
         if self.config.mqtt5:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -504,8 +519,11 @@ class MqttBridge:
         info = client.publish(
             item.topic, item.payload, qos=item.qos, retain=item.retain, properties=properties
         )
-        if info.rc != paho.MQTT_ERR_SUCCESS and item.qos == 0:
-            self._drop("disconnected")
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            if item.qos > 0:
+                self._hold_item(item)
+            else:
+                self._drop("disconnected")
         elif item.qos > 0:
             self._inflight[info.mid] = item
         else:
