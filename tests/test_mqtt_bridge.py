@@ -281,3 +281,37 @@ async def test_username_password(tmp_path: Path) -> None:
             assert server.bridges[0].status()["state"] != "connected"
     finally:
         mosq.stop()
+
+
+async def test_qos1_into_a_stored_subject_goes_through_the_store(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """QoS 1 into a stored subject: a store request per message (the bridge's
+    PUBACK to the broker waits for its PubAck); all of them are in the store."""
+    from edge.config import config_from_dict
+    from tests.storehelp import stored_rows
+
+    store = tmp_path / "store"
+    config = config_from_dict(
+        {
+            "port": 0,
+            "store": {"dir": str(store), "forward": [{"subjects": ["tele.>"]}]},
+            "bridges": {"mqtt": [_entry(broker.port, [{"mqtt": "tele/#", "qos": 1}])]},
+        }
+    )
+    async with open_server(config) as server:
+        await wait_state(server, "connected")
+        peer = Peer(broker.port, v5=False)
+        try:
+            for i in range(20):
+                peer.publish("tele/k1", b"%d" % i, qos=1)
+            with trio.fail_after(10):
+                while server.bridges[0].status()["messages_in"] < 20:
+                    await trio.sleep(0.02)
+            rows = await trio.to_thread.run_sync(stored_rows, store)
+            assert [(subject, data) for _seq, subject, data in rows] == [
+                ("tele.k1", b"%d" % i) for i in range(20)
+            ]
+            assert server.bridges[0].status()["dropped"] == {}
+        finally:
+            peer.close()

@@ -23,15 +23,21 @@ from edge.subjects import is_valid_publish_subject, is_valid_subject, matches
 
 topics = (
     st.lists(
-        st.text(st.characters(exclude_characters="/+#\x00"), max_size=6), min_size=1, max_size=5
+        st.text(
+            st.characters(exclude_characters="/+#\x00", exclude_categories=("Cs",)), max_size=6
+        ),
+        min_size=1,
+        max_size=5,
     )
     .map("/".join)
     .filter(bool)
 )
 subjects = st.lists(
-    st.text(st.characters(exclude_characters=". \t\r\n"), min_size=1, max_size=6).filter(
-        lambda t: t not in ("*", ">")
-    ),
+    st.text(
+        st.characters(exclude_characters=". \t\r\n", exclude_categories=("Cs",)),
+        min_size=1,
+        max_size=6,
+    ).filter(lambda t: t not in ("*", ">")),
     min_size=1,
     max_size=5,
 ).map(".".join)
@@ -68,6 +74,8 @@ def test_prefix_and_strip() -> None:
     assert Route(strip=1, prefix="devices").to_topic("cmd.k1.set") == "devices/k1/set"
     with pytest.raises(MappingError):
         route.to_subject("home")
+    with pytest.raises(MappingError):
+        topic_to_subject("\ud800")  # not UTF-8 text
 
 
 def test_wildcards_translate() -> None:

@@ -13,9 +13,10 @@ non-blocking connect), before any of these tasks touch the client.
 MQTT -> NATS: the pump task takes inbound messages, maps each to a subject,
 and publishes it with the MQTT 5 properties as headers. QoS 1 messages are
 acknowledged manually (``manual_ack``): for a subject that goes through the
-store-and-forward buffer, the PUBACK goes to the broker only after the store
-committed (a request answered by its PubAck), so a crash in between makes the
-broker send the message again (at least once end to end). When the inbound
+store-and-forward buffer, the message is published in arrival order with a
+reply subject of the bridge's own inbox, and the PUBACK goes to the broker only
+when the store's PubAck comes back (at most 64 outstanding, 10 s each), so a
+crash in between makes the broker send it again (at least once end to end). When the inbound
 deque is full the reader stops reading: TCP back-pressure to the broker.
 
 NATS -> MQTT: one task per mapping reads its local subscription. While the
@@ -50,7 +51,7 @@ from bridges.mqtt.config import MqttBridgeConfig, MqttMapping
 from bridges.mqtt.headers import MARKER, marked_by, to_mqtt_properties, to_nats_headers
 from bridges.mqtt.mapping import MappingError
 from bridges.mqtt.recent import RecentPublishes
-from edge.local import LocalClient, LocalMsg, NoResponders, PublishError
+from edge.local import LocalClient, LocalMsg, LocalSubscription, PublishError
 from edge.log import get_logger
 
 log = get_logger("bridges.mqtt")
@@ -107,11 +108,22 @@ class MqttBridge:
         self._in_maps = [m for m in config.mappings if m.direction == "mqtt_to_nats"]
         self._out_maps = [m for m in config.mappings if m.direction == "nats_to_mqtt"]
         self._plain_headers: tuple[tuple[str, str], ...] = ((MARKER, self.name),)
+        self._subs: list[LocalSubscription] = []
+        # Store requests awaiting their PubAck: token -> (client, message, subject, sent at).
+        self._pending_acks: dict[str, tuple[paho.Client, paho.MQTTMessage, str, float]] = {}
+        self._ack_seq = 0
+        self._ack_room = trio.Event()
+        self._ack_prefix = ""
+        self._ack_sub: LocalSubscription | None = None
         self._route_cache: dict[str, tuple[MqttMapping, str] | None] = {}
 
     # ---- status ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        dropped = dict(self.dropped)
+        slow = sum(sub.dropped for sub in self._subs)
+        if slow:  # NATS messages the outbound subscriptions could not queue
+            dropped["slow_consumer"] = slow
         return {
             "name": self.name,
             "kind": self.kind,
@@ -121,9 +133,10 @@ class MqttBridge:
             "tls": self.config.tls is not None,
             "messages_in": self.messages_in,
             "messages_out": self.messages_out,
-            "dropped": dict(self.dropped),
+            "dropped": dropped,
             "held": len(self._hold) + len(self._inflight),
             "inbound_pending": len(self._inbound),
+            "store_pending": len(self._pending_acks),
             "reconnects": self.reconnects,
             "last_error": self.last_error,
         }
@@ -135,10 +148,16 @@ class MqttBridge:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            subs = []
             for mapping in self._out_maps:
                 sub = self.local.subscribe(mapping.filter)
+                subs.append(sub)
                 nursery.start_soon(self._guarded, partial(self._outbound, mapping, sub))
+            self._ack_prefix = self.local.new_inbox() + "."
+            self._ack_sub = self.local.subscribe(self._ack_prefix + "*")
             nursery.start_soon(self._guarded, self._pump)
+            nursery.start_soon(self._guarded, self._store_acks)
+            self._subs = subs
             task_status.started()
             await self._connection_loop()
 
@@ -339,23 +358,78 @@ class MqttBridge:
         return found
 
     async def _pump(self) -> None:
-        limiter = trio.CapacityLimiter(STORE_ACK_CONCURRENCY)
+        while True:
+            while not self._inbound:
+                self._inbound_wake = trio.Event()
+                await self._inbound_wake.wait()
+            for _ in range(min(PUMP_BATCH, len(self._inbound))):
+                client, msg = self._inbound.popleft()
+                stored = self._bridge_in(client, msg)
+                if stored is not None:
+                    while len(self._pending_acks) >= STORE_ACK_CONCURRENCY:
+                        self._ack_room = trio.Event()
+                        await self._ack_room.wait()
+                    self._store_request(client, msg, *stored)
+            self._room.set()
+            await self.local.wait_room()
+
+    def _store_request(
+        self,
+        client: paho.Client,
+        msg: paho.MQTTMessage,
+        subject: str,
+        headers: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Publish into the store with a reply subject, in arrival order (so the
+        store keeps the broker's order); the PUBACK waits for the store's PubAck."""
+        self._ack_seq += 1
+        token = str(self._ack_seq)
+        try:
+            heard = self.local.publish(
+                subject, bytes(msg.payload), reply=self._ack_prefix + token, headers=headers
+            )
+        except PublishError as exc:
+            self._drop("refused")
+            self.last_error = f"refused {subject!r}: {exc}"
+            client.ack(msg.mid, msg.qos)  # it never can be stored: do not have it resent
+            return
+        if not heard:
+            self._drop("store_error")
+            return
+        self._pending_acks[token] = (client, msg, subject, trio.current_time())
+
+    async def _store_acks(self) -> None:
+        """PubAcks (or errors) from the store: acknowledge to the broker, in any order."""
+        sub = self._ack_sub
+        assert sub is not None, "subscribed in run()"
         async with trio.open_nursery() as nursery:
-            while True:
-                while not self._inbound:
-                    self._inbound_wake = trio.Event()
-                    await self._inbound_wake.wait()
-                for _ in range(min(PUMP_BATCH, len(self._inbound))):
-                    client, msg = self._inbound.popleft()
-                    stored = self._bridge_in(client, msg)
-                    if stored is not None:
-                        token = object()
-                        await limiter.acquire_on_behalf_of(token)
-                        nursery.start_soon(
-                            self._store_then_ack, limiter, token, client, msg, *stored
-                        )
-                self._room.set()
-                await self.local.wait_room()
+            nursery.start_soon(self._expire_acks)
+            async for reply in sub:
+                token = reply.subject[len(self._ack_prefix) :]
+                entry = self._pending_acks.pop(token, None)
+                if entry is None:
+                    continue  # expired meanwhile
+                self._ack_room.set()
+                client, msg, subject, _t = entry
+                if reply.status is not None or b'"error"' in reply.data:
+                    self._drop("store_error")
+                    self.last_error = f"store refused {subject}: {reply.data[:200]!r}"
+                    continue  # no PUBACK: the broker sends it again on the next session
+                self.messages_in += 1
+                client.ack(msg.mid, msg.qos)
+                self._kick.set()
+
+    async def _expire_acks(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            limit = trio.current_time() - STORE_ACK_TIMEOUT
+            old = [t for t, entry in self._pending_acks.items() if entry[3] < limit]
+            for token in old:
+                _client, _msg, subject, _t = self._pending_acks.pop(token)
+                self._drop("store_error")
+                self.last_error = f"no PubAck from the store for {subject}"
+            if old:
+                self._ack_room.set()
 
     def _bridge_in(
         self, client: paho.Client, msg: paho.MQTTMessage
@@ -403,32 +477,6 @@ class MqttBridge:
             if ack:
                 client.ack(msg.mid, msg.qos)
         return None
-
-    async def _store_then_ack(
-        self,
-        limiter: trio.CapacityLimiter,
-        token: object,
-        client: paho.Client,
-        msg: paho.MQTTMessage,
-        subject: str,
-        headers: tuple[tuple[str, str], ...],
-    ) -> None:
-        try:
-            reply = await self.local.request(
-                subject, bytes(msg.payload), headers=headers, timeout=STORE_ACK_TIMEOUT
-            )
-            if b'"error"' in reply.data:
-                self._drop("store_error")
-                self.last_error = f"store refused {subject}: {reply.data[:200]!r}"
-                return  # no PUBACK: the broker sends it again on the next session
-            self.messages_in += 1
-            client.ack(msg.mid, msg.qos)
-            self._kick.set()
-        except (NoResponders, trio.TooSlowError, PublishError) as exc:
-            self._drop("store_error")
-            self.last_error = f"store request on {subject}: {type(exc).__name__}"
-        finally:
-            limiter.release_on_behalf_of(token)
 
     # ---- NATS -> MQTT ------------------------------------------------------------------------
 
@@ -491,6 +539,13 @@ class MqttBridge:
         while item.qos > 0 and len(self._inflight) >= INFLIGHT_MAX:
             self._acked = trio.Event()
             await self._acked.wait()
+        if client is not self._client or self.state != "connected":
+            # The connection dropped while we waited for room.
+            if item.qos > 0:
+                self._hold_item(item)
+            else:
+                self._drop("disconnected")
+            return
         properties = None
         if self.config.mqtt5:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -504,8 +559,11 @@ class MqttBridge:
         info = client.publish(
             item.topic, item.payload, qos=item.qos, retain=item.retain, properties=properties
         )
-        if info.rc != paho.MQTT_ERR_SUCCESS and item.qos == 0:
-            self._drop("disconnected")
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            if item.qos > 0:
+                self._hold_item(item)
+            else:
+                self._drop("disconnected")
         elif item.qos > 0:
             self._inflight[info.mid] = item
         else:

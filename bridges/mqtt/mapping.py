@@ -90,7 +90,11 @@ def check_topic(topic: str) -> None:
         raise MappingError("empty topic")
     if "+" in topic or "#" in topic or "\x00" in topic:
         raise MappingError(f"topic {topic!r} holds a wildcard or NUL")
-    if len(topic.encode()) > 65535:
+    try:
+        size = len(topic.encode())
+    except UnicodeEncodeError:
+        raise MappingError(f"topic {topic!r} is not valid UTF-8 text") from None
+    if size > 65535:
         raise MappingError("topic over 65535 bytes")
 
 
