@@ -315,3 +315,32 @@ async def test_qos1_into_a_stored_subject_goes_through_the_store(
             assert server.bridges[0].status()["dropped"] == {}
         finally:
             peer.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_persistent_session_gets_what_came_while_away(
+    broker: Mosquitto, protocol: str
+) -> None:
+    """clean_session = false: QoS 1 messages published while leafgate was down
+    are queued by the broker and bridged once it is back."""
+    entry = _entry(
+        broker.port,
+        [{"mqtt": "q/#", "qos": 1}],
+        protocol=protocol,
+        clean_session=False,
+        client_id=f"persist-{protocol}",
+    )
+    async with bridged(entry):
+        pass  # the session (and its subscription) now exists on the broker
+    peer = Peer(broker.port)
+    try:
+        for i in range(5):
+            peer.publish("q/x", b"%d" % i, qos=1)
+        cfg = parse_mqtt_bridge(entry, "k")
+        async with open_server(ServerConfig(port=0, bridges=BridgesConfig(mqtt=(cfg,)))) as server:
+            # Subscribed before the bridge connects: the queued messages come at once.
+            sub = server.local_client("app").subscribe("q.>")
+            got = [(await next_msg(sub, 10)).data for _ in range(5)]
+            assert got == [b"%d" % i for i in range(5)]
+    finally:
+        peer.close()

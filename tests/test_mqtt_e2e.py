@@ -7,13 +7,9 @@ import asyncio
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.aio import connect, run
 from tests.mqtthelp import Mosquitto, Peer
 from tests.storehelp import read_stream, start_edge, start_js_hub, store_toml
-
-pytestmark = pytest.mark.slow
 
 
 def _bridge_toml(port: int) -> str:
