@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from edge.subjects import is_literal, is_valid_subject, matches
 from store.paths import db_path, default_state_dir, store_dir
+from store.progress import PROGRESS_EVERY, Progress
 
 DEFAULT_PROG = "leafgate store"
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
@@ -39,8 +40,6 @@ _SIZE = "length(subject) + ifnull(length(hdr), 0) + length(data)"
 _AGGREGATES = f"count(*), sum({_SIZE}), min(seq), max(seq), min(ts), max(ts)"
 EXCLUSIVE_WAIT = 1.0  # seconds purge waits to have the store to itself
 PROGRESS_HELP = "progress on stderr even when it is not a terminal (a line per update)"
-PROGRESS_EVERY = 1000  # rows between progress updates (and replay flushes)
-PROGRESS_PERIOD = 0.2  # seconds between redraws on a terminal
 PAYLOAD_SHOWN = 1024  # payload bytes `list --payload` shows per message
 MSG_ID = "Nats-Msg-Id"
 
@@ -384,40 +383,6 @@ def count_selected(conn: sqlite3.Connection, selection: Selection) -> tuple[int,
     where, params = selection.where()
     n, size = conn.execute(f"SELECT count(*), sum({_SIZE}) FROM messages{where}", params).fetchone()
     return int(n), int(size or 0)
-
-
-class Progress:
-    """A running count on *stream* (at most every PROGRESS_PERIOD s) when *live*:
-    redrawn in place on a terminal, one line per update elsewhere (``--progress``
-    into a log); otherwise only the final line (``done``)."""
-
-    def __init__(self, verb: str, stream: TextIO, total: int | None, live: bool) -> None:
-        self.verb, self.stream, self.total, self.live = verb, stream, total, live
-        self.redraw = _isatty(stream)
-        self.count = 0
-        self._drawn = 0.0
-
-    def step(self) -> None:
-        self.count += 1
-        if self.live and self.count % PROGRESS_EVERY == 0:
-            now = time.monotonic()
-            if now - self._drawn >= PROGRESS_PERIOD:
-                self._drawn = now
-                of = f"/{self.total}" if self.total is not None else ""
-                line = f"{self.verb} {self.count}{of} messages"
-                self.stream.write(f"\r{line}" if self.redraw else line + "\n")
-                self.stream.flush()
-
-    def done(self, text: str) -> None:
-        self.stream.write(("\r\x1b[K" if self._drawn and self.redraw else "") + text + "\n")
-        self.stream.flush()
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def export(conn: sqlite3.Connection, selection: Selection, out: TextIO, progress: Progress) -> int:

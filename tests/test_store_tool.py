@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
+from store import progress as progress_module
 from store import tool
 from store.buffer import commit
 from store.db import group_ids, open_store
@@ -360,8 +361,8 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_redraws_one_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tool, "PROGRESS_EVERY", 2)
-    monkeypatch.setattr(tool, "PROGRESS_PERIOD", 0.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(progress_module, "PROGRESS_PERIOD", 0.0)
     stream = _Terminal()
     progress = tool.Progress("exported", stream, 5, stream.isatty())
     for _ in range(5):
