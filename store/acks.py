@@ -1,7 +1,8 @@
 """What the store tells publishers: PubAcks, duplicates, and held PONGs.
 
 * A PubAck (``{"stream":<group>,"seq":N}``) goes to a message's reply subject
-  once the commit its durability mode requires is done.
+  once the commit its durability mode requires is done; a message not stored
+  is answered with a JetStream-style error reply (or a non-fatal ``-ERR``).
 * A repeated ``Nats-Msg-Id`` within the group's duplicate window is not
   stored; its PubAck names the first copy with ``"duplicate":true``, sent
   only once that first copy is committed (an ack never promises more than
@@ -26,8 +27,18 @@ from store.groups import GroupTable
 from store.window import Record
 
 PONG = b"PONG\r\n"
+REPLY_LIMIT_ERROR = 10077  # JetStream's err_code for a store that refuses a message
 
 ReplySender = Callable[[bytes, bytes], None]
+ErrorSender = Callable[[object, bytes], None]
+
+
+def error_reply(text: str) -> bytes:
+    """A JetStream-style error reply (what a stream answers when it refuses)."""
+    return b'{"error":{"code":503,"err_code":%d,"description":"%b"}}' % (
+        REPLY_LIMIT_ERROR,
+        text.replace('"', "'").encode(),
+    )
 
 
 class FlushClient(Protocol):
@@ -44,6 +55,7 @@ class PublisherAcks:
         self.groups = groups
         self.window = DuplicateWindow()
         self.send_reply: ReplySender = lambda _reply, _data: None
+        self.send_error: ErrorSender = lambda _origin, _err: None
         # Duplicate acks waiting for their first copy's commit: (seq, reply, body).
         self._deferred: list[tuple[int, bytes, bytes]] = []
         self._flush_waiters: set[FlushClient] = set()
@@ -57,6 +69,22 @@ class PublisherAcks:
             if rec.reply:
                 self.send_reply(rec.reply, self.pub_ack(rec))
                 rec.reply = b""
+
+    def fail(self, reply: bytes, text: str) -> None:
+        """Tell a publisher that asked for an ack that its message was not stored."""
+        if reply:
+            self.send_reply(reply, error_reply(text))
+
+    def refuse(self, origin: object, subject: bytes, reply: bytes, text: str) -> None:
+        """A refused publish: an error reply, or without a reply subject the only
+        -ERR NATS clients treat as non-fatal, a permissions violation (the
+        publisher learns, and stays connected)."""
+        if reply:
+            self.send_reply(reply, error_reply(text))
+            return
+        shown = subject.decode(errors="replace")
+        err = f"-ERR 'Permissions Violation for Publish to \"{shown}\" ({text})'\r\n"
+        self.send_error(origin, err.encode())
 
     def duplicate(self, group: int, first_seq: int, reply: bytes, committed_seq: int) -> None:
         """A repeated Nats-Msg-Id: count it and answer with the first copy's ack."""

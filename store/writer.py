@@ -47,7 +47,7 @@ import trio
 from edge.config import ForwardGroup, StoreConfig
 from edge.log import RateLimitedWarning, get_logger
 from store import buffer, db
-from store.acks import PublisherAcks
+from store.acks import ErrorSender, PublisherAcks, ReplySender
 from store.buffer import Trim
 from store.dedup import msg_id_of
 from store.groups import (
@@ -78,11 +78,6 @@ DROP_LOG_PERIOD = 10.0
 # sequence the hub has already seen.
 MEMORY_RESERVE = 100_000
 DROPPED_MEMORY = 100_000  # dropped sequences remembered while the link is up
-REPLY_LIMIT_ERROR = 10077  # JetStream's err_code for a store that refuses a message
-
-
-ReplySender = Callable[[bytes, bytes], None]
-ErrorSender = Callable[[object, bytes], None]
 
 
 class Store:
@@ -154,9 +149,9 @@ class Store:
         self.commit_latency = LatencyHistogram()
         self.bytes_committed = 0
         self._drop_log = RateLimitedWarning(DROP_LOG_PERIOD)
-        # How the server answers a publisher: an error to a connection (set by
-        # the server), and a message to a reply subject (``send_reply``).
-        self.send_error: ErrorSender = lambda _origin, _err: None
+
+    # How the server answers a publisher (set by the server): a message to a
+    # reply subject, an error to a connection. They are the acks' (store.acks).
 
     @property
     def send_reply(self) -> ReplySender:
@@ -165,6 +160,14 @@ class Store:
     @send_reply.setter
     def send_reply(self, sender: ReplySender) -> None:
         self.acks.send_reply = sender
+
+    @property
+    def send_error(self) -> ErrorSender:
+        return self.acks.send_error
+
+    @send_error.setter
+    def send_error(self, sender: ErrorSender) -> None:
+        self.acks.send_error = sender
 
     def reconfigure(self, groups: tuple[ForwardGroup, ...]) -> None:
         """New limits and behaviour for the same groups (a reload; edge.reload
@@ -257,18 +260,10 @@ class Store:
                 text = f"store unavailable ({self.last_error})"
             else:
                 text = f"store-and-forward limit reached ({reason})"
-            if reply:
-                self.send_reply(reply, _error_reply(text))
-            else:
-                # The only -ERR the NATS clients treat as non-fatal is a
-                # permissions violation: the publisher learns, and stays connected.
-                shown = subject.decode(errors="replace")
-                err = f"-ERR 'Permissions Violation for Publish to \"{shown}\" ({text})'\r\n"
-                self.send_error(origin, err.encode())
+            self.acks.refuse(origin, subject, reply, text)
         else:
             state.note_drop(reason)
-            if reply:
-                self.send_reply(reply, _error_reply(f"message dropped ({reason})"))
+            self.acks.fail(reply, f"message dropped ({reason})")
         self._log_drop(state, reason, "rejected" if verdict is Verdict.REJECT else "dropped")
 
     def _log_drop(self, state: GroupState, reason: str, what: str, n: int = 1) -> None:
@@ -682,9 +677,8 @@ class Store:
             msg_id = msg_id_of(rec.hdr)
             if msg_id is not None:
                 self.acks.window.forget(rec.group, msg_id, rec.seq)  # a retry may store it
-            if rec.reply:
-                self.send_reply(rec.reply, _error_reply("store is full (disk_full)"))
-                rec.reply = b""
+            self.acks.fail(rec.reply, "store is full (disk_full)")
+            rec.reply = b""
         if lost:
             first = self.groups.states[lost[0].group]
             self._log_drop(first, REASON_DISK_FULL, "dropped", len(lost))
@@ -807,13 +801,6 @@ def _seq(record: Record) -> int:
 
 def _overflow(state: GroupState) -> Verdict:
     return Verdict.REJECT if state.spec.policy == "reject" else Verdict.DROP_NEWEST
-
-
-def _error_reply(text: str) -> bytes:
-    return b'{"error":{"code":503,"err_code":%d,"description":"%b"}}' % (
-        REPLY_LIMIT_ERROR,
-        text.replace('"', "'").encode(),
-    )
 
 
 def _now_ms() -> int:
