@@ -415,6 +415,17 @@ class RawClient:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
         return cls(stream)
 
+    @classmethod
+    async def connected(
+        cls, port: int, connect: bytes = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+    ) -> RawClient:
+        """A client past the handshake: INFO read, ``connect`` sent, a PING answered."""
+        client = await cls.connect(port)
+        await client.read_info()
+        await client.send(connect)
+        await client.ping()
+        return client
+
     async def __aenter__(self) -> RawClient:
         return self
 

@@ -12,11 +12,7 @@ CONNECT = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
 
 
 async def _client(port: int) -> RawClient:
-    client = await RawClient.connect(port)
-    await client.read_info()
-    await client.send(CONNECT)
-    await client.ping()
-    return client
+    return await RawClient.connected(port, CONNECT)
 
 
 async def test_open_server_serves_and_stops() -> None:

@@ -14,11 +14,7 @@ CONNECT = b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
 
 
 async def _client(port: int) -> RawClient:
-    client = await RawClient.connect(port)
-    await client.read_info()
-    await client.send(CONNECT)
-    await client.ping()
-    return client
+    return await RawClient.connected(port, CONNECT)
 
 
 async def test_local_publish_reaches_socket_subscriber_with_headers() -> None:

@@ -42,6 +42,7 @@ from tests.harness import (
     start_leafgate,
 )
 from tests.hubs import ThreadedProxy
+from tests.marks import leafgate_only
 from tests.storehelp import (
     publish_many,
     start_js_hub,
@@ -130,9 +131,6 @@ def spec_conn_keys() -> set[str]:
 
 
 # The process tests check leafgate's own answers (-m 0, /storez ...).
-leafgate_only = pytest.mark.skipif(
-    is_nats_server_command(leafgate_command()), reason="LEAFGATE_CMD runs nats-server"
-)
 
 
 def check_varz_keys(varz: dict[str, Any]) -> None:

@@ -16,12 +16,9 @@ import pytest
 from edge.config import ForwardGroup, LogConfig, ServerConfig, StoreConfig
 from edge.reload import ReloadRefused, plan_reload
 from tests.aio import connect, run
-from tests.harness import is_nats_server_command, leafgate_command, start_leafgate
+from tests.harness import start_leafgate
+from tests.marks import leafgate_only
 from tests.storehelp import log_events
-
-leafgate_only = pytest.mark.skipif(
-    is_nats_server_command(leafgate_command()), reason="leafgate's own reload rules"
-)
 
 GROUP = ForwardGroup(subjects=("t.>",))
 BASE = ServerConfig(store=StoreConfig(dir="/s", groups=(GROUP,)))

@@ -83,11 +83,7 @@ def _config(tmp_path: Path, **group: object) -> ServerConfig:
 
 
 async def _client(port: int) -> RawClient:
-    client = await RawClient.connect(port)
-    await client.read_info()
-    await client.send(CONNECT)
-    await client.ping()
-    return client
+    return await RawClient.connected(port, CONNECT)
 
 
 async def test_pong_waits_for_the_commit_with_durable_flush(tmp_path: Path) -> None:
