@@ -2,7 +2,7 @@
 
 Each entry of ``SESSIONS`` is played against a real nats-server (the reference) and
 against leafgate; the normalised replies must be equal, connection by connection (see
-``tests.harness.normalise``).  ``expect`` lists lines the reference must produce, in
+``tests.sessions.normalise``).  ``expect`` lists lines the reference must produce, in
 this order: it checks that the session really exercises what its name says (the
 behaviour recorded in ``/work/shared/spec/transcripts/client_*_2910.txt``).
 
@@ -23,24 +23,26 @@ import trio
 
 from tests.conftest import ServerFactory
 from tests.harness import (
+    Config,
+    RawClient,
+    ServerProcess,
+    leafgate_command,
+    start_leafgate,
+    start_nats_server,
+)
+from tests.sessions import (
     CLIENT_CLOSED,
     CLOSED,
     Close,
-    Config,
     Open,
     Pause,
-    RawClient,
-    ServerProcess,
     Step,
     Sync,
     WaitClosed,
     is_subsequence,
-    leafgate_command,
     run_session,
-    start_leafgate,
-    start_nats_server,
 )
-from tests.harness import Send as S
+from tests.sessions import Send as S
 
 
 def connect(**opts: object) -> bytes:

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import CLOSED, Config, Open, Sync, WaitClosed, is_subsequence, run_session
-from tests.harness import Send as S
+from tests.harness import Config
+from tests.sessions import CLOSED, Open, Sync, WaitClosed, is_subsequence, run_session
+from tests.sessions import Send as S
 from tests.test_differential import PairPool, Session, connect, msg, seq, session
 
 PERMS = Config(
