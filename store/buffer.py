@@ -1,20 +1,31 @@
 """Synchronous operations on an open store, one transaction each.
 
 The writer calls these from its worker thread (a limiter of 1: never two at
-once). They know SQL and nothing of Trio, the uplink or the clock.
+once). They know SQL and nothing of Trio, the uplink or the clock. Messages
+are stored many to a row (``store.rows``): ``batches`` holds the rows,
+``gone`` the bitmap of messages already removed from a row still held.
 """
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from store import rows
 from store.window import Record
 
-_SIZE = "length(subject) + ifnull(length(hdr), 0) + length(data)"
-_INSERT = "INSERT OR REPLACE INTO messages (seq, grp, ts, subject, hdr, data) VALUES (?,?,?,?,?,?)"
-Row = tuple[int, int, int, bytes, bytes | None, bytes]
+_INSERT = (
+    "INSERT INTO batches (first_seq, last_seq, grp, ts, ts_last, msgs, bytes, crc, body)"
+    " VALUES (?,?,?,?,?,?,?,?,?)"
+)
+_ROW = (
+    "SELECT b.grp, b.ts, b.msgs, b.body, g.bits FROM batches b"
+    " LEFT JOIN gone g ON g.batch = b.first_seq WHERE b.first_seq = ?"
+)
+# (batch, index, size) of a message to remove
+Removal = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ def commit(
     conn: sqlite3.Connection,
     inserts: Sequence[Record],
     gids: Sequence[int],
-    deletes: Iterable[int],
+    deletes: Sequence[Record],
     trims: Sequence[Trim],
     *,
     sync: bool,
@@ -60,27 +71,21 @@ def commit(
     confirmed before its batch was committed is deleted in the same step;
     deletes before trims: a trim takes what is still unconfirmed).
 
-    *gids* maps a record's group index to its id in the store. With *sync*, the
-    commit waits for fsync (synchronous=FULL). *last_seq* is the highest
-    sequence handed out, *recorded* the one last written to ``meta``: when the
-    table no longer holds *last_seq* (deleted, trimmed, or never stored), it is
-    recorded, so the next start never reuses a sequence the hub has seen."""
+    *gids* maps a record's group index to its id in the store; the inserted
+    records learn their row and place in it (``batch``, ``index``). With
+    *sync*, the commit waits for fsync (synchronous=FULL). *last_seq* is the
+    highest sequence handed out, *recorded* the one last written to ``meta``:
+    when no row holds *last_seq* (removed, or never stored), it is recorded,
+    so the next start never reuses a sequence the hub has seen."""
     conn.execute("PRAGMA synchronous=FULL" if sync else "PRAGMA synchronous=NORMAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
         if inserts:
-            conn.executemany(
-                _INSERT,
-                [(r.seq, gids[r.group], r.ts, r.subject, r.hdr, r.data) for r in inserts],
-            )
-        # Ranges, no RETURNING: the caller accounts for what it confirmed (a
-        # row per message back into Python would double the cost of a delete).
-        # Before the trims: a trim must take unconfirmed rows, not confirmed ones.
-        deleted = 0
-        for low, high in ranges(deletes):
-            deleted += conn.execute(
-                "DELETE FROM messages WHERE seq BETWEEN ? AND ?", (low, high)
-            ).rowcount
+            insert_rows(conn, rows.pack(inserts), gids)
+        # After the inserts: a record learns its row there (one confirmed before
+        # its batch was committed is deleted in the same step); a record with
+        # no row (memory mode, or a commit that failed) has nothing to delete.
+        deleted = remove(conn, [(r.batch, r.index, r.size) for r in deletes if r.batch])
         trimmed: list[tuple[int, int]] = []
         trimmed_seqs: list[int] = []
         for trim in trims:
@@ -93,13 +98,102 @@ def commit(
     return CommitResult(deleted, trimmed, wrote, tuple(trimmed_seqs))
 
 
+def insert_rows(conn: sqlite3.Connection, packed: Sequence[rows.Row], gids: Sequence[int]) -> None:
+    conn.executemany(
+        _INSERT,
+        [
+            (
+                r.first_seq,
+                r.last_seq,
+                gids[r.group],
+                r.ts,
+                r.ts_last,
+                r.msgs,
+                r.size,
+                r.crc,
+                r.body,
+            )
+            for r in packed
+        ],
+    )
+
+
+def insert_messages(
+    conn: sqlite3.Connection,
+    messages: Iterable[tuple[int, int, int, bytes, bytes | None, bytes]],
+) -> int:
+    """Store ``(seq, gid, ts, subject, hdr, data)`` messages (in the caller's
+    transaction; a migration, a salvage); returns how many."""
+    n = 0
+    chunk: list[Record] = []
+    for seq, gid, ts, subject, hdr, data in messages:
+        chunk.append(Record(seq, gid, ts, subject, hdr, data))
+        if len(chunk) >= rows.ROW_MSGS * 4:
+            n += _insert_records(conn, chunk)
+            chunk = []
+    return n + (_insert_records(conn, chunk) if chunk else 0)
+
+
+def _insert_records(conn: sqlite3.Connection, records: list[Record]) -> int:
+    packed = rows.pack(records)
+    top = max((r.group for r in packed), default=0)
+    insert_rows(conn, packed, range(top + 1))  # group already holds the store's id
+    return len(records)
+
+
+def remove(conn: sqlite3.Connection, removals: Iterable[Removal]) -> int:
+    """Mark messages gone; a row whose messages are all gone is deleted.
+    Returns how many were removed now (a message gone already, or a row that
+    no longer exists, counts nothing)."""
+    by_batch: dict[int, list[tuple[int, int]]] = {}
+    for batch, index, size in removals:
+        by_batch.setdefault(batch, []).append((index, size))
+    removed = 0
+    for batch, picks in by_batch.items():
+        removed += _remove_from(conn, batch, picks)
+    return removed
+
+
+def _remove_from(conn: sqlite3.Connection, batch: int, picks: list[tuple[int, int]]) -> int:
+    row = conn.execute(
+        "SELECT b.msgs, g.bits, g.msgs, g.bytes FROM batches b"
+        " LEFT JOIN gone g ON g.batch = b.first_seq WHERE b.first_seq = ?",
+        (batch,),
+    ).fetchone()
+    if row is None:
+        return 0
+    total, old, gone_msgs, gone_bytes = row
+    bits = bytearray(old or b"")
+    gone_msgs, gone_bytes = gone_msgs or 0, gone_bytes or 0
+    removed = 0
+    for index, size in picks:
+        if index < total and rows.mark(bits, index):
+            removed += 1
+            gone_msgs += 1
+            gone_bytes += size
+    if not removed:
+        return 0
+    if gone_msgs >= total:
+        conn.execute("DELETE FROM batches WHERE first_seq = ?", (batch,))
+        conn.execute("DELETE FROM gone WHERE batch = ?", (batch,))
+    else:
+        conn.execute(
+            "INSERT OR REPLACE INTO gone (batch, bits, msgs, bytes) VALUES (?,?,?,?)",
+            (batch, bytes(bits), gone_msgs, gone_bytes),
+        )
+    return removed
+
+
+def top_seq(conn: sqlite3.Connection) -> int:
+    """The highest sequence a row holds (or held: a row stays until all its
+    messages are gone), 0 if none."""
+    return int(conn.execute("SELECT max(last_seq) FROM batches").fetchone()[0] or 0)
+
+
 def _record_if_gone(conn: sqlite3.Connection, last_seq: int, recorded: int) -> bool:
-    """Record *last_seq* when the table no longer holds it (in the caller's
-    transaction); True if written."""
-    if last_seq <= recorded:
-        return False
-    top = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
-    if top >= last_seq:
+    """Record *last_seq* when no row holds it (in the caller's transaction);
+    True if written."""
+    if last_seq <= recorded or top_seq(conn) >= last_seq:
         return False
     # Never lower what is recorded (a reservation written by another operation
     # that ran between this one's snapshot of it and now).
@@ -110,29 +204,38 @@ def _record_if_gone(conn: sqlite3.Connection, last_seq: int, recorded: int) -> b
     return True
 
 
+def _group_rows(conn: sqlite3.Connection, gid: int) -> Iterator[tuple[int, int, bytes, bytes]]:
+    """(first_seq, ts, body, gone bits) of group *gid*'s rows, oldest first,
+    read one at a time (a trim or an expiry usually needs the first only)."""
+    keys = [
+        int(k)
+        for (k,) in conn.execute(
+            "SELECT first_seq FROM batches WHERE grp = ? ORDER BY first_seq", (gid,)
+        )
+    ]
+    for key in keys:
+        row = conn.execute(_ROW, (key,)).fetchone()
+        if row is not None:
+            yield key, int(row[1]), bytes(row[3]), bytes(row[4] or b"")
+
+
 def _trim(conn: sqlite3.Connection, trim: Trim, seqs: list[int]) -> list[tuple[int, int]]:
     dropped: list[tuple[int, int]] = []
     freed = 0
-    while len(dropped) < trim.msgs or freed < trim.bytes:
-        want = max(trim.msgs - len(dropped), 1 if freed < trim.bytes else 0, 64)
-        rows = conn.execute(
-            f"SELECT seq, {_SIZE} FROM messages WHERE grp = ? ORDER BY seq LIMIT ?",
-            (trim.gid, want),
-        ).fetchall()
-        if not rows:
+    for batch, ts, body, bits in _group_rows(conn, trim.gid):
+        if len(dropped) >= trim.msgs and freed >= trim.bytes:
             break
-        take: list[int] = []
-        for seq, size in rows:
-            if len(dropped) + len(take) >= trim.msgs and freed >= trim.bytes:
+        picks: list[tuple[int, int]] = []
+        for index, (seq, _, size) in enumerate(rows.heads(batch, ts, body)):
+            if len(dropped) >= trim.msgs and freed >= trim.bytes:
                 break
-            take.append(int(seq))
-            freed += int(size)
-            dropped.append((trim.gid, int(size)))
-        seqs.extend(take)
-        for low, high in ranges(take):
-            conn.execute(
-                "DELETE FROM messages WHERE seq BETWEEN ? AND ? AND grp = ?", (low, high, trim.gid)
-            )
+            if rows.is_gone(bits, index):
+                continue
+            picks.append((index, size))
+            seqs.append(seq)
+            freed += size
+            dropped.append((trim.gid, size))
+        _remove_from(conn, batch, picks)
     return dropped
 
 
@@ -155,53 +258,113 @@ def expire(
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = conn.execute(
-            f"SELECT seq, ts, {_SIZE} FROM messages WHERE grp = ? ORDER BY seq LIMIT ?",
-            (gid, limit),
-        ).fetchall()
-        old = []
-        for seq, ts, size in rows:
-            if ts >= before_ts:
+        sizes: list[int] = []
+        young = False
+        for batch, ts, body, bits in _group_rows(conn, gid):
+            picks: list[tuple[int, int]] = []
+            for index, (seq, msg_ts, size) in enumerate(rows.heads(batch, ts, body)):
+                if len(sizes) >= limit or msg_ts >= before_ts:
+                    young = True
+                    break
+                if rows.is_gone(bits, index):
+                    continue
+                picks.append((index, size))
+                sizes.append(size)
+                if seqs is not None:
+                    seqs.append(seq)
+            _remove_from(conn, batch, picks)
+            if young:
                 break
-            old.append((int(seq), int(size)))
-        if seqs is not None:
-            seqs.extend(seq for seq, _ in old)
-        for low, high in ranges(s for s, _ in old):
-            conn.execute(
-                "DELETE FROM messages WHERE seq BETWEEN ? AND ? AND grp = ?", (low, high, gid)
-            )
-        if old and _record_if_gone(conn, last_seq, recorded) and wrote is not None:
+        if sizes and _record_if_gone(conn, last_seq, recorded) and wrote is not None:
             wrote.append(True)
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
         raise
-    return [size for _, size in old]
+    return sizes
 
 
-def read_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[Row]:
-    """Up to *limit* stored messages after *seq*, in sequence order."""
-    return conn.execute(
-        "SELECT seq, grp, ts, subject, hdr, data FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
-        (seq, limit),
-    ).fetchall()
+def read_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[Record]:
+    """Up to *limit* stored messages after *seq*, in sequence order (their
+    ``group`` is the store's group id; the caller maps it)."""
+    out: list[Record] = []
+    if limit <= 0:
+        return out
+    for rec in iter_stored(conn, seq):
+        out.append(rec)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def iter_stored(conn: sqlite3.Connection, after: int = 0) -> Iterator[Record]:
+    """Every message still stored with a sequence above *after*, in sequence
+    order (rows of different groups interleave: they are merged), as Records
+    whose ``group`` is the store's group id. Rows are read as the merge needs
+    them, within the caller's read transaction if there is one."""
+    keys = [
+        int(k)
+        for (k,) in conn.execute(
+            "SELECT first_seq FROM batches WHERE last_seq > ? ORDER BY first_seq", (after,)
+        )
+    ]
+    heap: list[tuple[int, int, Record, Iterator[Record]]] = []
+    opened = 0
+    while opened < len(keys) or heap:
+        # Open every row that may hold the next message: those starting at or
+        # before the lowest sequence waiting in the heap.
+        while opened < len(keys) and (not heap or keys[opened] <= heap[0][0]):
+            it = _row_records(conn, keys[opened], after)
+            opened += 1
+            first = next(it, None)
+            if first is not None:
+                heapq.heappush(heap, (first.seq, opened, first, it))
+        if not heap:
+            continue
+        _, tie, rec, it = heap[0]
+        following = next(it, None)
+        if following is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (following.seq, tie, following, it))
+        yield rec
+
+
+def _row_records(conn: sqlite3.Connection, batch: int, after: int) -> Iterator[Record]:
+    row = conn.execute(_ROW, (batch,)).fetchone()
+    if row is None:
+        return
+    gid, ts, _, body, bits = int(row[0]), int(row[1]), row[2], bytes(row[3]), row[4] or b""
+    for e in rows.entries(batch, ts, body):
+        if e.seq <= after or (bits and rows.is_gone(bits, e.index)):
+            continue
+        rec = Record(e.seq, gid, e.ts, e.subject, e.hdr, e.data)
+        rec.batch = batch
+        rec.index = e.index
+        yield rec
 
 
 def totals(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
     """gid -> (messages, bytes) of what is stored."""
-    return {
-        int(g): (int(n), int(b or 0))
-        for g, n, b in conn.execute(
-            f"SELECT grp, count(*), sum({_SIZE}) FROM messages GROUP BY grp"
-        )
+    held = {
+        int(g): [int(n), int(b or 0)]
+        for g, n, b in conn.execute("SELECT grp, sum(msgs), sum(bytes) FROM batches GROUP BY grp")
     }
+    for g, n, b in conn.execute(
+        "SELECT b.grp, sum(g.msgs), sum(g.bytes) FROM gone g"
+        " JOIN batches b ON b.first_seq = g.batch GROUP BY b.grp"
+    ):
+        held[int(g)][0] -= int(n)
+        held[int(g)][1] -= int(b or 0)
+    return {g: (n, b) for g, (n, b) in held.items() if n > 0}
 
 
 def oldest_ts(conn: sqlite3.Connection, gid: int) -> int | None:
-    row = conn.execute(
-        "SELECT ts FROM messages WHERE grp = ? ORDER BY seq LIMIT 1", (gid,)
-    ).fetchone()
-    return int(row[0]) if row else None
+    for batch, ts, body, bits in _group_rows(conn, gid):
+        for index, (_, msg_ts, _) in enumerate(rows.heads(batch, ts, body)):
+            if not rows.is_gone(bits, index):
+                return msg_ts
+    return None
 
 
 def record_last_seq(conn: sqlite3.Connection, seq: int) -> None:

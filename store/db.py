@@ -18,41 +18,88 @@ not at start-up).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import secrets
 import shutil
 import sqlite3
 import string
+import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.proto.ids import new_server_id
+from store import buffer, rows
 from store.buffer import _rollback
 from store.errors import StoreOpenError
 from store.paths import db_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _TOP_SEQ = "top_seq"  # salvage only: the damaged store's highest sequence (not stored)
 
-# seq is the rowid: inserts append to the end of the table's b-tree and deletes
-# take ranges from its start, the cheapest pattern for SQLite (and for flash).
-# No secondary index: every query walks seq order.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
-        """CREATE TABLE messages (
+# Schema 2 stores messages many to a row (see store.rows for why and how).
+# first_seq is the rowid: inserts append to the end of the table's b-tree and
+# deletes take rows from its start, the cheapest pattern for SQLite (and for
+# flash). The index on last_seq finds the rows a read after a sequence needs;
+# the one on (grp, first_seq) a group's oldest rows (trims, expiry).
+_BATCHES = (
+    """CREATE TABLE batches (
+        first_seq INTEGER PRIMARY KEY,
+        last_seq INTEGER NOT NULL,
+        grp INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        ts_last INTEGER NOT NULL,
+        msgs INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        crc INTEGER NOT NULL,
+        body BLOB NOT NULL
+    )""",
+    "CREATE INDEX batches_last ON batches (last_seq)",
+    "CREATE INDEX batches_grp ON batches (grp, first_seq)",
+    """CREATE TABLE gone (
+        batch INTEGER PRIMARY KEY,
+        bits BLOB NOT NULL,
+        msgs INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    )""",
+)
+_MESSAGES_V1 = """CREATE TABLE messages (
             seq INTEGER PRIMARY KEY,
             grp INTEGER NOT NULL,
             ts INTEGER NOT NULL,
             subject BLOB NOT NULL,
             hdr BLOB,
             data BLOB NOT NULL
-        )""",
+        )"""
+
+
+def _v1_to_v2(conn: sqlite3.Connection) -> None:
+    """Schema 1 held a row per message: move them into rows of messages."""
+    for statement in _BATCHES:
+        conn.execute(statement)
+    buffer.insert_messages(
+        conn, conn.execute("SELECT seq, grp, ts, subject, hdr, data FROM messages ORDER BY seq")
+    )
+    top = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+    recorded = int(row[0]) if row and str(row[0]).isdigit() else 0
+    if top > recorded:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(top),))
+    conn.execute("DROP TABLE messages")
+
+
+Migration = tuple[str, ...] | Callable[[sqlite3.Connection], None]
+_MIGRATIONS: dict[int, Migration] = {
+    1: (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+        _MESSAGES_V1,
         "CREATE TABLE events (ts INTEGER NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL)",
     ),
+    2: _v1_to_v2,
 }
 
 
@@ -93,8 +140,12 @@ def migrate(conn: sqlite3.Connection) -> None:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _MIGRATIONS[target]:
-                conn.execute(statement)
+            step = _MIGRATIONS[target]
+            if callable(step):
+                step(conn)
+            else:
+                for statement in step:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version={target}")
             conn.execute("COMMIT")
         except BaseException:
@@ -303,10 +354,13 @@ def _salvage(old: Path, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
             meta = {str(k): str(v) for k, v in src.execute("SELECT key, value FROM meta")}
         except sqlite3.Error:
             meta = {}
+        tables = _tables(src)
+        v2 = "batches" in tables
         try:
             # The right-most path of the table's b-tree: often readable when a
-            # page in the middle is not.
-            top = src.execute("SELECT max(seq) FROM messages").fetchone()[0]
+            # page in the middle is not (schema 2: the last_seq index's).
+            query = "SELECT max(last_seq) FROM batches" if v2 else "SELECT max(seq) FROM messages"
+            top = src.execute(query).fetchone()[0]
             if isinstance(top, int):
                 meta[_TOP_SEQ] = str(top)
         except sqlite3.Error:
@@ -316,19 +370,11 @@ def _salvage(old: Path, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
         except sqlite3.Error:
             names = {}
         conn.execute("BEGIN IMMEDIATE")
-        try:
-            rows = src.execute("SELECT seq, grp, ts, subject, hdr, data FROM messages ORDER BY seq")
-            for seq, grp, ts, subject, hdr, data in rows:
-                if not _row_ok(seq, grp, ts, subject, hdr, data):
-                    break  # a damaged cell: what follows is not to be trusted either
-                gid = group_id(conn, str(names.get(grp, f"salvaged-{grp}")))
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-                    (seq, gid, ts, subject, hdr, data),
-                )
-                copied += max(cursor.rowcount, 0)
-        except sqlite3.Error:
-            pass  # the rest is unreadable; keep what was copied
+        gid_of = functools.partial(_salvaged_gid, conn, names, {})
+        counted: list[int] = []
+        with contextlib.suppress(sqlite3.Error):  # the rest is unreadable; keep what was copied
+            (_copy_rows if v2 else _copy_messages)(src, conn, gid_of, counted)
+        copied = sum(counted)
         for key in ("gateway_id", "last_seq", "server_id"):
             if key in meta:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, meta[key]))
@@ -337,6 +383,104 @@ def _salvage(old: Path, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
         src.close()
         _remove_store_files(scratch)
     return copied, meta
+
+
+def _tables(src: sqlite3.Connection) -> set[str]:
+    try:
+        return {str(r[0]) for r in src.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error:
+        return set()
+
+
+def _salvaged_gid(
+    conn: sqlite3.Connection, names: dict[object, object], known: dict[object, int], grp: object
+) -> int:
+    if grp not in known:
+        known[grp] = group_id(conn, str(names.get(grp, f"salvaged-{grp}")))
+    return known[grp]
+
+
+def _copy_messages(
+    src: sqlite3.Connection,
+    conn: sqlite3.Connection,
+    gid_of: Callable[[object], int],
+    counted: list[int],
+) -> None:
+    """From a schema-1 store: a row per message, into rows of messages."""
+    good: list[tuple[int, int, int, bytes, bytes | None, bytes]] = []
+    try:
+        for seq, grp, ts, subject, hdr, data in src.execute(
+            "SELECT seq, grp, ts, subject, hdr, data FROM messages ORDER BY seq"
+        ):
+            if not _row_ok(seq, grp, ts, subject, hdr, data):
+                break  # a damaged cell: what follows is not to be trusted either
+            good.append((seq, gid_of(grp), ts, subject, hdr, data))
+    finally:
+        if conn.execute("SELECT 1 FROM batches LIMIT 1").fetchone():
+            good = [m for m in good if not _held(conn, m[0])]  # resumed: copy nothing twice
+        counted.append(buffer.insert_messages(conn, good))
+
+
+def _held(conn: sqlite3.Connection, seq: int) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM batches WHERE first_seq <= ? AND last_seq >= ? LIMIT 1", (seq, seq)
+    ).fetchone()
+    return row is not None
+
+
+def _copy_rows(
+    src: sqlite3.Connection,
+    conn: sqlite3.Connection,
+    gid_of: Callable[[object], int],
+    counted: list[int],
+) -> None:
+    """From a schema-2 store: the rows whose bodies decode, with what is gone of them."""
+    # One statement in rowid order, consumed as it goes: the rows before a
+    # damaged page are copied, the error at it ends the salvage.
+    for row in src.execute(
+        "SELECT first_seq, last_seq, grp, ts, ts_last, msgs, bytes, crc, body FROM batches"
+        " ORDER BY first_seq"
+    ):
+        if not _batch_ok(row):
+            break  # a damaged row: what follows is not to be trusted either
+        first, last, grp, ts, ts_last, msgs, size, crc, body = row
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO batches (first_seq, last_seq, grp, ts, ts_last, msgs, bytes,"
+            " crc, body) VALUES (?,?,?,?,?,?,?,?,?)",
+            (first, last, gid_of(grp), ts, ts_last, msgs, size, crc, body),
+        )
+        if cursor.rowcount <= 0:
+            continue
+        gone = None
+        with contextlib.suppress(sqlite3.Error):
+            gone = src.execute(
+                "SELECT bits, msgs, bytes FROM gone WHERE batch = ?", (first,)
+            ).fetchone()
+        left = msgs
+        if gone is not None and isinstance(gone[0], bytes) and isinstance(gone[1], int):
+            conn.execute(
+                "INSERT OR REPLACE INTO gone (batch, bits, msgs, bytes) VALUES (?,?,?,?)",
+                (first, gone[0], gone[1], gone[2]),
+            )
+            left -= gone[1]
+        counted.append(max(left, 0))
+
+
+def _batch_ok(row: tuple[object, ...]) -> bool:
+    first, last, grp, ts, ts_last, msgs, size, crc, body = row
+    if not (
+        isinstance(first, int)
+        and isinstance(ts, int)
+        and all(isinstance(v, int) for v in (last, grp, ts_last, msgs, size))
+        and isinstance(body, bytes)
+        and crc == rows.checksum(body)
+    ):
+        return False
+    try:
+        heads = rows.heads(first, ts, body)
+    except (ValueError, struct.error):
+        return False
+    return len(heads) == msgs and bool(heads) and heads[-1][0] == last
 
 
 def _row_ok(
@@ -426,7 +570,7 @@ def _next_seq(conn: sqlite3.Connection, old_meta: dict[str, str]) -> int:
     """One past the highest sequence ever used: the largest stored, or the one
     recorded when the store was last emptied (so a drained store never reuses a
     sequence the hub's duplicate window or ledger has seen)."""
-    top = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
+    top = buffer.top_seq(conn)
     row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
     recorded = int(row[0]) if row and str(row[0]).isdigit() else 0
     previous = old_meta.get("last_seq", "0")

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edge.subjects import is_literal, is_valid_subject, matches
+from store import view
 from store.paths import db_path, default_state_dir, store_dir
 from store.progress import PROGRESS_EVERY, Progress
 
 DEFAULT_PROG = "leafgate store"
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
-SCHEMA_VERSION = 1  # the newest schema this tool writes (store.db.SCHEMA_VERSION)
+SCHEMA_VERSION = 2  # the newest schema this tool writes (store.db.SCHEMA_VERSION)
 # The size the group limits count (as store.buffer computes it).
 _SIZE = "length(subject) + ifnull(length(hdr), 0) + length(data)"
 _AGGREGATES = f"count(*), sum({_SIZE}), min(seq), max(seq), min(ts), max(ts)"
@@ -185,6 +186,8 @@ def _open(directory: Path) -> tuple[sqlite3.Connection, Path]:
     conn, path = _connect(directory, write=False)
     try:
         _check_schema(conn, path, write=False)
+        if view.is_rows(conn):
+            view.fill(conn)
     except BaseException:
         conn.close()
         raise
@@ -197,7 +200,8 @@ def _check_schema(conn: sqlite3.Connection, path: Path, write: bool) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.Error as exc:
         raise ToolError(f"cannot read {path}: {exc}") from None
-    if version < 1 or not {"meta", "groups", "messages", "events"} <= tables:
+    held = "batches" if version >= 2 else "messages"
+    if version < 1 or not {"meta", "groups", held, "events"} <= tables:
         raise ToolError(f"{path} is not a leafgate store")
     if write and version > SCHEMA_VERSION:
         raise ToolError(f"{path} was written by a newer leafgate (schema {version}); use that one")
@@ -244,7 +248,7 @@ def read_status(
         path=str(path),
         gateway_id=meta.get("gateway_id"),
         server_id=meta.get("server_id"),
-        next_seq=max(total.last_seq or 0, recorded) + 1,
+        next_seq=max(total.last_seq or 0, recorded, _rows_top(conn)) + 1,
         files={k: f.stat().st_size if f.exists() else 0 for k, f in files.items()},
         total=total,
         groups=tuple(groups),
@@ -252,6 +256,13 @@ def read_status(
         subjects_total=int(top[0][7]) if top else 0,
         events=tuple(Event(t, iso_time(t), k, d) for t, k, d in conn.execute(query, (events,))),
     )
+
+
+def _rows_top(conn: sqlite3.Connection) -> int:
+    """The highest sequence a row holds, gone or not (the server starts past it)."""
+    if not view.is_rows(conn):
+        return 0
+    return int(conn.execute("SELECT max(last_seq) FROM main.batches").fetchone()[0] or 0)
 
 
 def format_status(status: StoreStatus) -> list[str]:
@@ -425,6 +436,8 @@ def purge(
     try:
         try:
             _check_schema(conn, path, write=True)
+            if view.is_rows(conn):
+                view.fill(conn)  # in this write transaction: what it shows is what goes
             n, size, next_seq = _delete(conn, selection)
             conn.execute("COMMIT")
         except BaseException:
@@ -475,10 +488,13 @@ def _delete(conn: sqlite3.Connection, selection: Selection) -> tuple[int, int, i
     n, size = count_selected(conn, selection)
     where, params = selection.where()
     top = conn.execute(f"SELECT max(seq) FROM messages{where}", params).fetchone()[0]
-    conn.execute(f"DELETE FROM messages{where}", params)
+    if view.is_rows(conn):
+        left = view.delete(conn, where, params)
+    else:
+        conn.execute(f"DELETE FROM messages{where}", params)
+        left = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
     row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
     recorded = int(row[0]) if row and str(row[0]).isdigit() else 0
-    left = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
     if top is not None and top > max(left, recorded):  # the highest stored is gone
         recorded = int(top)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (str(recorded),))

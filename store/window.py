@@ -34,7 +34,19 @@ class Record:
     """One stored message. Mutable ``on_disk``: a memory-mode record is spilled
     when the link goes down. Slots, not a dataclass: one is made per message."""
 
-    __slots__ = ("data", "group", "hdr", "on_disk", "reply", "seq", "size", "subject", "ts")
+    __slots__ = (
+        "batch",
+        "data",
+        "group",
+        "hdr",
+        "index",
+        "on_disk",
+        "reply",
+        "seq",
+        "size",
+        "subject",
+        "ts",
+    )
 
     def __init__(
         self,
@@ -56,6 +68,10 @@ class Record:
         self.on_disk = on_disk
         self.reply = reply  # the publisher's reply subject (for its PubAck); not stored
         self.size = len(subject) + len(data) + (len(hdr) if hdr else 0)
+        # Where the record is stored (store.buffer): its row's key and its place
+        # in the row; batch 0 until a commit has written it.
+        self.batch = 0
+        self.index = 0
 
     def __repr__(self) -> str:
         return f"Record(seq={self.seq}, subject={self.subject!r}, on_disk={self.on_disk})"

@@ -110,7 +110,7 @@ class Store:
         self.link_up = False
         self.committed_seq = 0
         self._spill: list[Record] = []
-        self._deletes: list[int] = []
+        self._deletes: list[Record] = []  # confirmed, to remove at the next commit
         # Sequences the hub confirmed whose rows are not deleted yet (in
         # _deletes, or in the commit running now): counted out already, so a
         # trim or max_age must not count them again, nor a read send them again.
@@ -301,7 +301,7 @@ class Store:
             else:
                 state.remove(rec.size)
             if rec.on_disk:
-                self._deletes.append(rec.seq)
+                self._deletes.append(rec)
                 self._confirming.add(rec.seq)
         if self._spill_stuck and self._spill:
             done = {rec.seq for rec in records}
@@ -331,16 +331,17 @@ class Store:
         await self.barrier()
         rows = await self._in_thread(buffer.read_after, after, limit)
         confirming = self._confirming
-        records = [
-            Record(seq, self._index_of.get(gid, 0), ts, subject, hdr, data)
-            for seq, gid, ts, subject, hdr, data in rows
-            if seq not in confirming
-        ]
+        index_of = self._index_of
+        records = []
+        for rec in rows:
+            if rec.seq not in confirming:
+                rec.group = index_of.get(rec.group, 0)
+                records.append(rec)
         complete = len(rows) < limit
         if self._spill_stuck and self._spill:
             # Spilled records a full store could not take: sent from memory, in
             # sequence order with the rows (they are written once there is room).
-            top = rows[-1][0] if not complete else None
+            top = rows[-1].seq if not complete else None
             extra = [
                 r
                 for r in self._spill
@@ -512,11 +513,13 @@ class Store:
             )
         except sqlite3.Error as exc:
             failed = True
+            _unplace(inserts)
             return self._commit_failed(exc, batch, spill, deletes)
         finally:
             if result is None and not failed:
                 # Cancelled before the worker thread took the batch (a stop):
                 # put it back, so the final commit at close writes it.
+                _unplace(inserts)
                 self._put_back(batch, spill, deletes)
         elapsed = time.perf_counter() - started
         self.commits += 1
@@ -556,7 +559,7 @@ class Store:
     async def _commit(
         self,
         inserts: list[Record],
-        deletes: list[int],
+        deletes: list[Record],
         trims: list[Trim],
         *,
         sync: bool,
@@ -567,7 +570,7 @@ class Store:
         )
         return await self._in_thread(commit, inserts, self._gids, deletes, trims)
 
-    def _put_back(self, batch: list[Record], spill: list[Record], deletes: list[int]) -> None:
+    def _put_back(self, batch: list[Record], spill: list[Record], deletes: list[Record]) -> None:
         self.pending[:0] = batch
         self.pending_bytes += sum(r.size for r in batch)
         confirming = self._confirming
@@ -602,7 +605,7 @@ class Store:
         batch: list[Record],
         result: buffer.CommitResult,
         last_seq: int,
-        deletes: list[int] | tuple[int, ...] = (),
+        deletes: list[Record] | tuple[Record, ...] = (),
     ) -> None:
         if result.wrote_last_seq:
             self._recorded_seq = last_seq
@@ -621,7 +624,7 @@ class Store:
             reason = self._trim_reason.get(index, "max_bytes")
             state.note_drop(reason, n)
             self._log_drop(state, reason, "dropped", n)
-        confirming.difference_update(deletes)
+        confirming.difference_update(r.seq for r in deletes)
         if batch:
             self.committed_seq = max(self.committed_seq, batch[-1].seq)
             self.acks.publish_acks(batch)
@@ -644,7 +647,7 @@ class Store:
         self._release()
 
     def _commit_failed(
-        self, exc: sqlite3.Error, batch: list[Record], spill: list[Record], deletes: list[int]
+        self, exc: sqlite3.Error, batch: list[Record], spill: list[Record], deletes: list[Record]
     ) -> bool:
         """A full disk drops the batch by policy; any other error keeps it for a retry."""
         text = str(exc)
@@ -797,6 +800,12 @@ class Store:
 
 def _seq(record: Record) -> int:
     return record.seq
+
+
+def _unplace(records: list[Record]) -> None:
+    """A commit that wrote nothing: these records have no row (yet)."""
+    for rec in records:
+        rec.batch = 0
 
 
 def _overflow(state: GroupState) -> Verdict:

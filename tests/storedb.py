@@ -44,7 +44,7 @@ def commit(
         conn,
         inserts,
         gids,
-        deletes,
+        removals(conn, deletes, inserts),
         trims,
         sync=sync,
         last_seq=top if last_seq is None else last_seq,
@@ -52,8 +52,32 @@ def commit(
     )
 
 
+def removals(
+    conn: sqlite3.Connection, seqs: Iterable[int], inserts: Sequence[Record] = ()
+) -> list[Record]:
+    """The records with these sequences, stored or about to be (for
+    ``buffer.commit``: the writer holds the records it confirms; a test names
+    sequences)."""
+    wanted = set(seqs)
+    if not wanted:
+        return []
+    found = {r.seq: r for r in buffer.iter_stored(conn) if r.seq in wanted}
+    found.update({r.seq: r for r in inserts if r.seq in wanted})
+    return [found[s] for s in sorted(found)]
+
+
+def rows_after(
+    conn: sqlite3.Connection, after: int = 0, limit: int = 1 << 30
+) -> list[tuple[int, int, int, bytes, bytes | None, bytes]]:
+    """(seq, gid, ts, subject, hdr, data) of what is stored after *after*."""
+    return [
+        (r.seq, r.group, r.ts, r.subject, r.hdr, r.data)
+        for r in buffer.read_after(conn, after, limit)
+    ]
+
+
 def seqs(conn: sqlite3.Connection) -> list[int]:
-    return [int(r[0]) for r in conn.execute("SELECT seq FROM messages ORDER BY seq")]
+    return [rec.seq for rec in buffer.iter_stored(conn)]
 
 
 def meta(conn: sqlite3.Connection) -> dict[str, str]:

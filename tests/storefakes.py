@@ -57,10 +57,7 @@ def accept(store: Store, subject: str, data: bytes = b"x", reply: bytes = b"") -
 def rows(store: Store) -> list[tuple[int, str]]:
     conn = sqlite3.connect(store.directory / DB_NAME)
     with closing(conn):
-        return [
-            (int(seq), bytes(subj).decode())
-            for seq, subj in conn.execute("SELECT seq, subject FROM messages ORDER BY seq")
-        ]
+        return [(rec.seq, rec.subject.decode()) for rec in buffer.iter_stored(conn)]
 
 
 def held(store: Store) -> dict[str, tuple[int, int]]:

@@ -16,6 +16,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from store import buffer
 from tests.aio import connect, run
 from tests.harness import ServerProcess, start_leafgate
 from tests.hubs import HubProcess, start_hub
@@ -147,10 +148,11 @@ def stored_rows(store_dir: Path) -> list[tuple[int, str, bytes]]:
     path = store_dir / "leafgate.db"
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        rows = conn.execute("SELECT seq, subject, data FROM messages ORDER BY seq").fetchall()
+        conn.execute("BEGIN")  # one snapshot of a store the server may be writing
+        rows = [(r.seq, r.subject.decode(), r.data) for r in buffer.iter_stored(conn)]
     finally:
         conn.close()
-    return [(int(s), bytes(subj).decode(), bytes(d)) for s, subj, d in rows]
+    return rows
 
 
 async def wait_store_empty(store_dir: Path, timeout: float = 20.0) -> None:

@@ -26,6 +26,7 @@ from tests.storedb import (
     mem_store,
     meta,
     rec,
+    rows_after,
     seqs,
     set_asides,
 )
@@ -41,10 +42,10 @@ def test_open_creates_the_schema(tmp_path: Path) -> None:
         assert report.path == directory / DB_NAME
         assert report.next_seq == 1
         assert (report.set_aside, report.damage, report.salvaged) == (None, None, 0)
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 2
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"meta", "groups", "messages", "events"} <= tables
+        assert {"meta", "groups", "batches", "gone", "events"} <= tables
         assert meta(conn) == {"gateway_id": report.gateway_id, "server_id": report.server_id}
         assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
     assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0
@@ -161,7 +162,7 @@ def test_inserts_read_back_exactly(store: tuple[sqlite3.Connection, db.OpenRepor
     ]
     result = commit(conn, [ga, gb], records)
     assert result == CommitResult(0, [], False)
-    assert buffer.read_after(conn, 0, 10) == [
+    assert rows_after(conn, 0, 10) == [
         (1, ga, 100, b"a.1", None, b"one"),
         (2, gb, 101, b"b.2", hdr, b""),
         (3, ga, 102, b"a.3", b"", b"\x00\xff"),
@@ -174,12 +175,12 @@ def test_read_after_order_and_limit(store: tuple[sqlite3.Connection, db.OpenRepo
     conn, _ = store
     gid = db.group_id(conn, "a")
     commit(conn, [gid], [rec(s) for s in (9, 3, 7, 1, 5)])
-    assert [r[0] for r in buffer.read_after(conn, 0, 100)] == [1, 3, 5, 7, 9]
-    assert [r[0] for r in buffer.read_after(conn, 0, 2)] == [1, 3]
-    assert [r[0] for r in buffer.read_after(conn, 3, 2)] == [5, 7]
-    assert [r[0] for r in buffer.read_after(conn, 4, 100)] == [5, 7, 9]
-    assert buffer.read_after(conn, 9, 100) == []
-    assert buffer.read_after(conn, 0, 0) == []
+    assert [r[0] for r in rows_after(conn, 0, 100)] == [1, 3, 5, 7, 9]
+    assert [r[0] for r in rows_after(conn, 0, 2)] == [1, 3]
+    assert [r[0] for r in rows_after(conn, 3, 2)] == [5, 7]
+    assert [r[0] for r in rows_after(conn, 4, 100)] == [5, 7, 9]
+    assert rows_after(conn, 9, 100) == []
+    assert rows_after(conn, 0, 0) == []
 
 
 def test_deletes_report_only_rows_deleted(store: tuple[sqlite3.Connection, db.OpenReport]) -> None:
@@ -217,7 +218,7 @@ def test_commit_with_and_without_fsync(tmp_path: Path, sync: bool) -> None:
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == (2 if sync else 1)
         assert not conn.in_transaction
         with closing(sqlite3.connect(tmp_path / "state" / DB_NAME)) as other:
-            assert [r[0] for r in other.execute("SELECT seq FROM messages")] == [1, 2]
+            assert seqs(other) == [1, 2]
         commit(conn, [gid], deletes=[1], sync=not sync, last_seq=2, recorded=0)
         assert seqs(conn) == [2]
 
@@ -309,6 +310,9 @@ def test_trim_against_a_model(
 
 
 def test_last_seq_is_recorded_only_when_the_top_row_is_gone(tmp_path: Path) -> None:
+    """A row keeps its sequences until all its messages are gone (a restart
+    starts past them); once the row holding the highest one goes, that
+    sequence is recorded."""
     directory = tmp_path / "state"
     conn, _ = db.open_store(directory)
     with closing(conn):
@@ -317,16 +321,24 @@ def test_last_seq_is_recorded_only_when_the_top_row_is_gone(tmp_path: Path) -> N
         assert not result.wrote_last_seq  # seq 5 is stored
         result = commit(conn, [gid], deletes=[1, 2, 3], last_seq=5, recorded=0)
         assert not result.wrote_last_seq  # the top row is still stored
-        assert "last_seq" not in meta(conn)
         result = commit(conn, [gid], deletes=[5], last_seq=5, recorded=0)
-        assert result.wrote_last_seq
-        assert meta(conn)["last_seq"] == "5"
-        result = commit(conn, [gid], deletes=[4], last_seq=5, recorded=5)
-        assert not result.wrote_last_seq  # already recorded
-        assert seqs(conn) == []
+        assert not result.wrote_last_seq  # its row still holds 4 (and stands for 5)
+        assert "last_seq" not in meta(conn)
     conn, report = db.open_store(directory)
     with closing(conn):
-        assert report.next_seq == 6  # never reuses 5, nor restarts at 1
+        assert report.next_seq == 6
+        assert seqs(conn) == [4]
+        result = commit(conn, [gid], deletes=[4], last_seq=5, recorded=0)
+        assert result.wrote_last_seq
+        assert meta(conn)["last_seq"] == "5"
+        assert seqs(conn) == []
+        result = commit(conn, [gid], [rec(6)], deletes=[6], last_seq=6, recorded=5)
+        assert result.wrote_last_seq and meta(conn)["last_seq"] == "6"
+        result = commit(conn, [gid], last_seq=6, recorded=6)
+        assert not result.wrote_last_seq  # already recorded
+    conn, report = db.open_store(directory)
+    with closing(conn):
+        assert report.next_seq == 7  # never reuses 6, nor restarts at 1
 
 
 def test_drained_store_never_reuses_a_sequence(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
+from store import buffer, tool
 from store import progress as progress_module
-from store import tool
 from store.buffer import commit
 from store.db import group_ids, open_store
 from store.window import Record
@@ -88,7 +88,7 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def stored_seqs(directory: Path) -> list[int]:
     conn = sqlite3.connect(f"file:{directory / 'leafgate.db'}?mode=ro", uri=True)
     try:
-        return [int(r[0]) for r in conn.execute("SELECT seq FROM messages ORDER BY seq")]
+        return [r.seq for r in buffer.iter_stored(conn)]
     finally:
         conn.close()
 
@@ -443,7 +443,7 @@ def test_purge_refuses_a_store_in_use_unless_forced(
             capsys, "purge", "--store", str(store), "--to-seq", "2", "--yes", "--force"
         )
         assert rc == 0 and "purged 2 messages" in out and "restart leafgate" in out
-        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 4
+        assert len(list(buffer.iter_stored(conn))) == 4
     finally:
         conn.close()
 

@@ -265,7 +265,7 @@ class StoreFile:
             conn = self._db()
             if conn is None:
                 return 0
-            top = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
+            top = conn.execute("SELECT max(last_seq) FROM batches").fetchone()[0] or 0
             row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
         except sqlite3.Error:
             return -1
@@ -273,8 +273,13 @@ class StoreFile:
         return max(int(top), recorded)
 
     def rows(self) -> int:
+        """Messages still stored (rows of messages less what is gone of them)."""
         conn = self._db()
-        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0]) if conn else 0
+        if conn is None:
+            return 0
+        held = conn.execute("SELECT ifnull(sum(msgs), 0) FROM batches").fetchone()[0]
+        gone = conn.execute("SELECT ifnull(sum(msgs), 0) FROM gone").fetchone()[0]
+        return int(held) - int(gone)
 
     def close(self) -> None:
         if self.conn is not None:
