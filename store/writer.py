@@ -123,6 +123,10 @@ class Store:
         self._dropped_in_flight: set[int] = set()
         self._work_pending = False
         self._full_retry = False
+        # A batch that did not fit a full store is tried again in halves (this
+        # many records at most), so what fits is kept and only the newest go;
+        # -1 once not even one fitted: batches go whole until there is room.
+        self._split = 0
         # A full store could not take the spill: the forwarder sends it from
         # memory meanwhile (read_after), and confirmed deletes are committed on
         # their own first (they make the room).
@@ -478,15 +482,20 @@ class Store:
             self._committed.set()
             self._committed = trio.Event()
             self.commit_failures = 0 if ok or self.disk_full else self.commit_failures + 1
-            if not ok:
+            halving = self.disk_full and self._split > 0  # try the smaller batch at once
+            if not ok and not halving:
                 await trio.sleep(min(2.0, 0.05 * 2 ** max(1, self.commit_failures)))
 
     async def _commit_round(self) -> bool:
         """Commit one batch. False if the store failed (the batch is kept)."""
         if self._split_deletes and self._deletes:
             await self._commit_deletes()
-        batch, self.pending = self.pending, []
-        self.pending_bytes = 0
+        if self._split > 0 and len(self.pending) > self._split:
+            batch, self.pending = self.pending[: self._split], self.pending[self._split :]
+            self.pending_bytes = sum(r.size for r in self.pending)
+        else:
+            batch, self.pending = self.pending, []
+            self.pending_bytes = 0
         spilling = self.behind
         for rec in batch:
             if spilling and not rec.on_disk:
@@ -638,6 +647,7 @@ class Store:
                     self._drop_feed()
         if self.disk_full and (result.deleted or result.trimmed):
             self.disk_full = False  # room again: try the next batch
+            self._split = 0
         if batch or result.deleted:
             self.data_ready.set()
             self.data_ready = trio.Event()
@@ -672,6 +682,14 @@ class Store:
             self._put_back(batch, spill, [])
             return False
         self._full_retry = False
+        if self._split >= 0:
+            on_disk = sum(1 for r in batch if r.on_disk)
+            if on_disk > 1:
+                # Keep what fits: the older half first (drop_newest, reject).
+                self._split = max(1, (self._split or on_disk) // 2)
+                self._put_back(batch, spill, [])
+                return False
+            self._split = -1  # not even one fitted
         lost = [r for r in batch if r.on_disk]
         for rec in lost:
             state = self.groups.states[rec.group]
@@ -722,6 +740,7 @@ class Store:
             await trio.sleep(HOUSEKEEPING)
             self._check_disk()
             self.disk_full = False  # try again: space may have been freed meanwhile
+            self._split = max(self._split, 0)  # halving goes on; "none fitted" is retried
             self.acks.window.expire(_now_ms(), max(self._dedup_ms, default=0))
             for state in self.groups.states:
                 if state.spec.max_age and state.count:

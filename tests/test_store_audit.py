@@ -651,3 +651,24 @@ async def test_a_full_disk_shows_in_last_error(tmp_path: Path) -> None:
         await _fill_until_full(store, "telemetry")
         error = store.stats().last_error
     assert error is not None and "full" in error
+
+
+async def test_a_batch_bigger_than_the_room_left_is_kept_in_part(tmp_path: Path) -> None:
+    """A whole burst committed as one batch into a store with room for part of
+    it: the batch is tried again in halves, so the oldest messages that fit are
+    stored and only the rest is dropped (drop_newest), each counted."""
+    store = make_store(tmp_path, group(policy="drop_newest"), max_file_size=256 * 1024)
+    async with running(store):
+        await store._limiter.acquire()  # hold the writer: the burst becomes one batch
+        try:
+            for i in range(3000):
+                accept(store, f"telemetry.dev{i % 3}", b"%05d" % i + b"p" * 195)
+        finally:
+            store._limiter.release()
+        await wait_for(lambda: not store.pending and store.disk_full, 10, "the batch settled")
+        stored = [seq for seq, _ in rows(store)]
+        state = store.groups.states[0]
+    assert 0 < len(stored) < 3000
+    assert stored == list(range(1, len(stored) + 1))  # the oldest, in order, no gap
+    assert state.dropped.get("disk_full", 0) == 3000 - len(stored)
+    assert held(store)["default"][0] == len(stored)
