@@ -98,38 +98,40 @@ def pack(records: Sequence[Record]) -> list[Row]:
 
 
 def _pack_group(group: int, recs: list[Record], rows: list[Row]) -> None:
+    # Once per stored message, in the writer's thread while it holds the GIL:
+    # local names, and no work a message without headers does not need.
     entry = ENTRY.pack
+    count = len(recs)
     start = 0
-    while start < len(recs):
+    while start < count:
         first = recs[start]
         first_seq, ts0 = first.seq, first.ts
+        stop = min(count, start + ROW_MSGS)
         parts: list[bytes] = []
+        append = parts.append
         size = 0
         ts_last = ts0
         i = start
-        while i < len(recs) and i - start < ROW_MSGS and size < ROW_BYTES:
+        while i < stop and size < ROW_BYTES:
             rec = recs[i]
             dts = rec.ts - ts0
-            if not -_TS_RANGE <= dts <= _TS_RANGE or rec.seq - first_seq > _SEQ_RANGE:
+            dseq = rec.seq - first_seq
+            if dts > _TS_RANGE or dts < -_TS_RANGE or dseq > _SEQ_RANGE:
                 break  # a clock jump of weeks within a row: start another
-            hdr = rec.hdr
-            parts.append(
-                entry(
-                    rec.seq - first_seq,
-                    dts,
-                    len(rec.subject),
-                    0 if hdr is None else len(hdr) + 1,
-                    len(rec.data),
-                )
-            )
-            parts.append(rec.subject)
-            if hdr:
-                parts.append(hdr)
-            parts.append(rec.data)
+            subject, hdr, data = rec.subject, rec.hdr, rec.data
+            if hdr is None:
+                append(entry(dseq, dts, len(subject), 0, len(data)))
+                append(subject)
+            else:
+                append(entry(dseq, dts, len(subject), len(hdr) + 1, len(data)))
+                append(subject)
+                append(hdr)
+            append(data)
             rec.batch = first_seq
             rec.index = i - start
             size += rec.size
-            ts_last = max(ts_last, rec.ts)
+            if rec.ts > ts_last:
+                ts_last = rec.ts
             i += 1
         last = recs[i - 1]
         rows.append(Row(first_seq, last.seq, group, ts0, ts_last, i - start, size, b"".join(parts)))

@@ -92,6 +92,7 @@ class Store:
         # whether publishers' PONGs wait for their messages' commit.
         self._dedup_ms = [int(s.spec.duplicate_window * 1000) for s in self.groups.states]
         self._durable_flush = [s.spec.durable_flush for s in self.groups.states]
+        self._plain = _plain_groups(self.groups.states)
         self.acks = PublisherAcks(self.groups)
         self.hostname = hostname
         self.gateway_id = config.gateway_id or ""
@@ -182,6 +183,7 @@ class Store:
         self._unlimited = [state.unlimited for state in states]
         self._dedup_ms = [int(s.spec.duplicate_window * 1000) for s in states]
         self._durable_flush = [s.spec.durable_flush for s in states]
+        self._plain = _plain_groups(states)
         self._wake_writer()  # a lower limit trims at the next commit
 
     # ---- called by the router, synchronously -------------------------------------
@@ -193,6 +195,34 @@ class Store:
         self, origin: object, group: int, subject: bytes, reply: bytes, hdr: int, data: bytes
     ) -> None:
         """Take one local message for the hub (or refuse it by its group's policy)."""
+        if (
+            not hdr
+            and self._plain[group]
+            and self.pending_bytes <= PENDING_MAX
+            and not (self.low_disk or self.disk_full or self.commit_failures)
+        ):
+            # The common case, kept short (once per message): no header (so no
+            # Nats-Msg-Id), no limit to check, written to disk, PONGs not held.
+            seq = self.next_seq
+            self.next_seq = seq + 1
+            record = Record(seq, group, _now_ms(), subject, None, data, True, reply)
+            size = record.size
+            state = self.groups.states[group]
+            state.count += 1
+            state.bytes += size
+            state.accepted += 1
+            self.pending.append(record)
+            self.pending_bytes += size
+            if self.pending_bytes > PENDING_HOLD:
+                self.congested = True
+            if not self._work_pending:
+                self._wake_writer()
+            return
+        self._accept(origin, group, subject, reply, hdr, data)
+
+    def _accept(
+        self, origin: object, group: int, subject: bytes, reply: bytes, hdr: int, data: bytes
+    ) -> None:
         state = self.groups.states[group]
         header = data[:hdr] if hdr else None
         payload = data[hdr:] if hdr else data
@@ -825,6 +855,14 @@ def _unplace(records: list[Record]) -> None:
     """A commit that wrote nothing: these records have no row (yet)."""
     for rec in records:
         rec.batch = 0
+
+
+def _plain_groups(states: list[GroupState]) -> list[bool]:
+    """Per group: whether a message without headers needs nothing but storing
+    (no limit, written to disk, no PONG waiting for it): ``accept``'s short path."""
+    return [
+        s.unlimited and not s.spec.durable_flush and s.spec.durability != "memory" for s in states
+    ]
 
 
 def _overflow(state: GroupState) -> Verdict:
