@@ -483,11 +483,12 @@ class Uplink:
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
                 return
+            replies: list[tuple[bytes, bytes]] = []  # PubAcks come many to a read
             for event in parser.feed(data if type(data) is bytes else bytes(data)):
                 if type(event) is LMsg:
                     subject, reply, queues, hdr, payload = event
                     if forwarder is not None and subject.startswith(inbox):
-                        forwarder.on_reply(subject, payload[hdr:])
+                        replies.append((subject, payload[hdr:]))
                     elif session.may_receive(subject):
                         self.msgs_in += 1
                         router.deliver_from_link(self, subject, reply, hdr, payload, queues)
@@ -498,7 +499,12 @@ class Uplink:
                     session.on_ls_minus(event)
                     self._routes.clear()
                 else:
+                    if replies and forwarder is not None:
+                        forwarder.on_replies(replies)  # before a PONG that confirms later ones
+                        replies = []
                     self._on_control(event)
+            if replies and forwarder is not None:
+                forwarder.on_replies(replies)
 
     def _on_control(self, event: object) -> None:
         if type(event) is Ping:

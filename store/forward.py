@@ -86,23 +86,34 @@ class Forwarder:
 
     def on_reply(self, subject: bytes, payload: bytes) -> None:
         """A message on our inbox: a PubAck for a stored message, or a lookup reply."""
-        seq = ack_seq(subject, self.inbox)
-        if seq is None:
-            channel = self._lookups.get(subject)
-            if channel is not None:
-                # A second answer to one lookup is ignored.
-                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                    channel.send_nowait(payload)
-            return
-        ok, error = pub_ack_ok(payload)
-        if not ok:
-            self.nacked += 1
-            self._warn_once("hub_refused_message", seq=seq, error=error)
-            return  # stays in flight: resent after the ack timeout
-        record = self.window.ack(seq)
-        if record is not None:
-            self.acked += 1
-            self.store.confirmed([record])
+        self.on_replies([(subject, payload)])
+
+    def on_replies(self, replies: list[tuple[bytes, bytes]]) -> None:
+        """Messages on our inbox, as one read from the link brought them: the
+        PubAcks among them are confirmed to the store in one call."""
+        done: list[Record] = []
+        inbox = self.inbox
+        window = self.window
+        for subject, payload in replies:
+            seq = ack_seq(subject, inbox)
+            if seq is None:
+                channel = self._lookups.get(subject)
+                if channel is not None:
+                    # A second answer to one lookup is ignored.
+                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                        channel.send_nowait(payload)
+                continue
+            ok, error = pub_ack_ok(payload)
+            if not ok:
+                self.nacked += 1
+                self._warn_once("hub_refused_message", seq=seq, error=error)
+                continue  # stays in flight: resent after the ack timeout
+            record = window.ack(seq)
+            if record is not None:
+                done.append(record)
+        if done:
+            self.acked += len(done)
+            self.store.confirmed(done)
             self._woken()
 
     def on_pong(self, mark: int) -> None:
