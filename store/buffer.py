@@ -334,14 +334,38 @@ def _row_records(conn: sqlite3.Connection, batch: int, after: int) -> Iterator[R
     row = conn.execute(_ROW, (batch,)).fetchone()
     if row is None:
         return
-    gid, ts, _, body, bits = int(row[0]), int(row[1]), row[2], bytes(row[3]), row[4] or b""
-    for e in rows.entries(batch, ts, body):
-        if e.seq <= after or (bits and rows.is_gone(bits, e.index)):
+    gid, ts, body, bits = int(row[0]), int(row[1]), bytes(row[3]), row[4] or b""
+    # Once per message read back (a replay, a drain): no object for what is skipped.
+    unpack = rows.ENTRY.unpack_from
+    head = rows.ENTRY.size
+    end = len(body)
+    off = 0
+    index = -1
+    while off < end:
+        dseq, dts, ls, lh, ld = unpack(body, off)
+        off += head
+        index += 1
+        seq = batch + dseq
+        hdr_len = lh - 1 if lh else 0
+        stop = off + ls + hdr_len + ld
+        if stop > end or not ls:
+            raise sqlite3.DatabaseError(f"stored row {batch} does not decode")
+        if seq <= after or (bits and rows.is_gone(bits, index)):
+            off = stop
             continue
-        rec = Record(e.seq, gid, e.ts, e.subject, e.hdr, e.data)
+        cut = off + ls
+        rec = Record(
+            seq,
+            gid,
+            ts + dts,
+            body[off:cut],
+            body[cut : cut + hdr_len] if lh else None,
+            body[cut + hdr_len : stop],
+        )
         rec.batch = batch
-        rec.index = e.index
+        rec.index = index
         yield rec
+        off = stop
 
 
 def totals(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
