@@ -145,3 +145,37 @@ class GroupTable:
 
     def __len__(self) -> int:
         return len(self.states)
+
+
+def plain_groups(states: list[GroupState]) -> list[bool]:
+    """Per group: whether a message without headers needs nothing but storing
+    (no limit, written to disk, no PONG waiting for it): the writer's short path."""
+    return [
+        s.unlimited and not s.spec.durable_flush and s.spec.durability != "memory" for s in states
+    ]
+
+
+def overflow_verdict(state: GroupState) -> Verdict:
+    """What a group's policy does with a message the writer has no room for."""
+    return Verdict.REJECT if state.spec.policy == "reject" else Verdict.DROP_NEWEST
+
+
+def trims_due(
+    states: list[GroupState], free: dict[int, int], disk_reason: str
+) -> list[tuple[int, int, int, str]]:
+    """The drop_oldest groups to trim at the next commit: (group index, at least
+    this many messages, at least this many bytes, why), for those over a limit
+    or asked to free *free*[index] bytes for the disk (*disk_reason*)."""
+    out = []
+    for state in states:
+        spec = state.spec
+        if spec.policy != "drop_oldest":
+            continue
+        msgs = state.count - spec.max_msgs if spec.max_msgs else 0
+        size = state.bytes - spec.max_bytes if spec.max_bytes else 0
+        extra = free.get(state.index, 0)
+        reason = "max_msgs" if msgs > 0 else "max_bytes" if size > 0 else disk_reason
+        size = max(size, 0) + extra
+        if msgs > 0 or size > 0:
+            out.append((state.index, max(msgs, 0), size, reason))
+    return out

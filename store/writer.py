@@ -35,7 +35,6 @@ per group and reason, with the number suppressed.
 from __future__ import annotations
 
 import functools
-import os
 import sqlite3
 import time
 from collections import deque
@@ -46,17 +45,19 @@ import trio
 
 from edge.config import ForwardGroup, StoreConfig
 from edge.log import RateLimitedWarning, get_logger
-from store import buffer, db
+from store import buffer, db, housekeeping
 from store.acks import ErrorSender, PublisherAcks, ReplySender
 from store.buffer import Trim
 from store.dedup import msg_id_of
 from store.groups import (
     REASON_DISK_FLOOR,
     REASON_DISK_FULL,
-    REASON_MAX_AGE,
     GroupState,
     GroupTable,
     Verdict,
+    overflow_verdict,
+    plain_groups,
+    trims_due,
 )
 from store.paths import store_dir
 from store.stats import GroupStats, LatencyHistogram, StoreStats, snapshot
@@ -71,7 +72,6 @@ FEED_MAX = 32 * 1024 * 1024  # committed records kept in memory for the uplink
 HOLD_MAX = 1.0  # longest a publisher is held per read
 UNAVAILABLE_AFTER = 3  # failed commits in a row before new messages are refused
 REASON_UNAVAILABLE = "store_unavailable"
-HOUSEKEEPING = 1.0
 DROP_LOG_PERIOD = 10.0
 # Sequences reserved ahead for memory-mode records (their rows may never be
 # written): a crash then skips to past the reservation instead of reusing a
@@ -92,7 +92,7 @@ class Store:
         # whether publishers' PONGs wait for their messages' commit.
         self._dedup_ms = [int(s.spec.duplicate_window * 1000) for s in self.groups.states]
         self._durable_flush = [s.spec.durable_flush for s in self.groups.states]
-        self._plain = _plain_groups(self.groups.states)
+        self._plain = plain_groups(self.groups.states)
         self.acks = PublisherAcks(self.groups)
         self.hostname = hostname
         self.gateway_id = config.gateway_id or ""
@@ -183,7 +183,7 @@ class Store:
         self._unlimited = [state.unlimited for state in states]
         self._dedup_ms = [int(s.spec.duplicate_window * 1000) for s in states]
         self._durable_flush = [s.spec.durable_flush for s in states]
-        self._plain = _plain_groups(states)
+        self._plain = plain_groups(states)
         self._wake_writer()  # a lower limit trims at the next commit
 
     # ---- called by the router, synchronously -------------------------------------
@@ -271,7 +271,7 @@ class Store:
         if reason == REASON_DISK_FLOOR and self.disk_full:
             reason = REASON_DISK_FULL
         if verdict is Verdict.ACCEPT and self.pending_bytes > PENDING_MAX:
-            verdict, reason = _overflow(state), "writer_behind"
+            verdict, reason = overflow_verdict(state), "writer_behind"
         if verdict is Verdict.DROP_NEWEST or verdict is Verdict.REJECT:
             self._refuse(state, verdict, reason or "", origin, subject, reply)
             return False
@@ -617,26 +617,12 @@ class Store:
         self._deletes[:0] = deletes
 
     def _trims(self) -> list[Trim]:
-        trims = []
         free, self._free_bytes = self._free_bytes, {}
-        for state in self.groups.states:
-            spec = state.spec
-            if spec.policy != "drop_oldest":
-                continue
-            msgs = state.count - spec.max_msgs if spec.max_msgs else 0
-            size = state.bytes - spec.max_bytes if spec.max_bytes else 0
-            extra = free.get(state.index, 0)
-            if msgs > 0:
-                self._trim_reason[state.index] = "max_msgs"
-            elif size > 0:
-                self._trim_reason[state.index] = "max_bytes"
-            elif extra:
-                self._trim_reason[state.index] = (
-                    REASON_DISK_FULL if self._full_retry else REASON_DISK_FLOOR
-                )
-            size = max(size, 0) + extra
-            if msgs > 0 or size > 0:
-                trims.append(Trim(self._gids[state.index], max(msgs, 0), max(size, 0)))
+        disk = REASON_DISK_FULL if self._full_retry else REASON_DISK_FLOOR
+        trims = []
+        for index, msgs, size, reason in trims_due(self.groups.states, free, disk):
+            self._trim_reason[index] = reason
+            trims.append(Trim(self._gids[index], msgs, size))
         return trims
 
     def _after_commit(
@@ -766,44 +752,11 @@ class Store:
             self._room = trio.Event()
 
     async def _housekeeping(self) -> None:
-        while True:
-            await trio.sleep(HOUSEKEEPING)
-            self._check_disk()
-            self.disk_full = False  # try again: space may have been freed meanwhile
-            self._split = max(self._split, 0)  # halving goes on; "none fitted" is retried
-            self.acks.window.expire(_now_ms(), max(self._dedup_ms, default=0))
-            for state in self.groups.states:
-                if state.spec.max_age and state.count:
-                    await self._expire(state)
+        await housekeeping.run(self)
 
     async def _expire(self, state: GroupState) -> None:
-        cutoff = _now_ms() - int(state.spec.max_age * 1000)
-        last_seq = self._last_seq()
-        recorded = self._recorded_seq
-        try:
-            seqs: list[int] = []
-            wrote: list[bool] = []
-            sizes = await self._in_thread(
-                functools.partial(buffer.expire, last_seq=last_seq, recorded=recorded, wrote=wrote),
-                self._gids[state.index],
-                cutoff,
-                1000,
-                seqs,
-            )
-        except sqlite3.Error as exc:
-            log.error("store_expire_failed", group=state.spec.name, error=str(exc))
-            return
-        if wrote:
-            self._recorded_seq = max(self._recorded_seq, last_seq)
-        confirming = self._confirming
-        fresh = [(q, size) for q, size in zip(seqs, sizes, strict=True) if q not in confirming]
-        if self.link_up:
-            self._note_dropped_in_flight([q for q, _ in fresh])
-        for _, size in fresh:
-            state.remove(size)
-        if fresh:
-            state.note_drop(REASON_MAX_AGE, len(fresh))
-            self._log_drop(state, REASON_MAX_AGE, "dropped", len(fresh))
+        """One max_age sweep of *state*'s group (store.housekeeping)."""
+        await housekeeping.expire(self, state)
 
     def _note_dropped_in_flight(self, seqs: Iterable[int]) -> None:
         """Remember dropped sequences the hub may still confirm. Bounded: past
@@ -816,19 +769,7 @@ class Store:
         dropped.update(seqs)
 
     def _check_disk(self) -> None:
-        floor = self.config.min_free_disk
-        try:
-            st = os.statvfs(self.directory)
-        except OSError as exc:
-            self.last_error = f"statvfs: {exc}"
-            return
-        free = st.f_bavail * st.f_frsize
-        low = free < floor
-        if low != self.low_disk:
-            self.low_disk = low
-            (log.warning if low else log.info)(
-                "store_low_disk" if low else "store_disk_ok", free=free, min_free_disk=floor
-            )
+        housekeeping.check_disk(self)
 
     # ---- monitoring --------------------------------------------------------------
 
@@ -855,18 +796,6 @@ def _unplace(records: list[Record]) -> None:
     """A commit that wrote nothing: these records have no row (yet)."""
     for rec in records:
         rec.batch = 0
-
-
-def _plain_groups(states: list[GroupState]) -> list[bool]:
-    """Per group: whether a message without headers needs nothing but storing
-    (no limit, written to disk, no PONG waiting for it): ``accept``'s short path."""
-    return [
-        s.unlimited and not s.spec.durable_flush and s.spec.durability != "memory" for s in states
-    ]
-
-
-def _overflow(state: GroupState) -> Verdict:
-    return Verdict.REJECT if state.spec.policy == "reject" else Verdict.DROP_NEWEST
 
 
 def _now_ms() -> int:
