@@ -209,10 +209,8 @@ class Forwarder:
                 self._warn_once("forward_denied", subject=rec.subject.decode(errors="replace"))
                 self.denied.append(rec)
                 continue
-            seq = b"%d" % rec.seq
-            hdr = with_msg_id(rec.hdr, gateway + b":" + seq)
             route = link.route(rec.subject) or ()
-            out += encode_lmsg(rec.subject, inbox + seq, route, len(hdr), hdr + rec.data)
+            out += encode_stored(rec, gateway, inbox, route)
             how = self.modes.get(rec.group, Confirm.JETSTREAM)
             self.window.add(rec, how, now)
             if how is Confirm.LINK:
@@ -273,6 +271,30 @@ class Forwarder:
         decision = self._warn.check(event, trio.current_time())
         if decision.log:
             log.warning(event, suppressed=decision.suppressed, **fields)
+
+
+def encode_stored(
+    rec: Record, gateway: bytes, inbox: bytes, route: tuple[bytes, ...] | list[bytes]
+) -> bytes:
+    """The HMSG that carries a stored record up: ``Nats-Msg-Id: <gateway>:<seq>``
+    in its headers, our inbox and its sequence as the reply. Once per message:
+    a record without headers (the common case) is framed in one step."""
+    seq = b"%d" % rec.seq
+    if rec.hdr is None and not route:
+        data = rec.data
+        hdr_len = 28 + len(gateway) + len(seq)  # NATS/1.0, the Msg-Id line, the blank line
+        return b"HMSG %b %b%b %d %d\r\nNATS/1.0\r\nNats-Msg-Id: %b:%b\r\n\r\n%b\r\n" % (
+            rec.subject,
+            inbox,
+            seq,
+            hdr_len,
+            hdr_len + len(data),
+            gateway,
+            seq,
+            data,
+        )
+    hdr = with_msg_id(rec.hdr, gateway + b":" + seq)
+    return encode_lmsg(rec.subject, inbox + seq, route, len(hdr), hdr + rec.data)
 
 
 def _stream_names(answer: bytes) -> list[str]:

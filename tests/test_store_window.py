@@ -484,3 +484,24 @@ def test_with_msg_id_any_input_gives_one_block(hdr: bytes | None, msg_id: bytes)
         assert out == b"NATS/1.0\r\nNats-Msg-Id: " + msg_id + b"\r\n\r\n"
     else:
         assert out.startswith(hdr[: hdr.find(b"\r\n") + 2] + b"Nats-Msg-Id: " + msg_id)
+
+
+@given(
+    st.integers(1, 2**62),
+    st.binary(min_size=1, max_size=30).filter(lambda b: b" " not in b and b"\r" not in b),
+    st.one_of(st.none(), st.just(b"NATS/1.0\r\nA: b\r\n\r\n")),
+    st.binary(max_size=100),
+    st.sampled_from([(), (b"q1",), (b"q1", b"q2")]),
+)
+def test_the_stored_message_framing_matches_the_general_encoder(
+    seq: int, subject: bytes, hdr: bytes | None, data: bytes, route: tuple[bytes, ...]
+) -> None:
+    """forward.encode_stored's one-step framing (no header, no queue route) is
+    byte for byte what the general encoder makes."""
+    from edge.proto.leafproto import encode_lmsg
+    from store.forward import encode_stored
+
+    rec = Record(seq, 0, 0, subject, hdr, data)
+    block = with_msg_id(hdr, b"gw-x:%d" % seq)
+    expected = encode_lmsg(subject, b"_INBOX.abc.%d" % seq, route, len(block), block + data)
+    assert encode_stored(rec, b"gw-x", b"_INBOX.abc.", route) == expected
