@@ -30,6 +30,7 @@ import trio
 
 from edge.log import RateLimitedWarning, get_logger
 from edge.proto.leafproto import encode_lmsg
+from store.rows import ROW_MSGS
 from store.window import Confirm, InFlight, Record, ack_seq, pub_ack_ok, with_msg_id
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 
 log = get_logger("store.forward")
 
-PAGE = 1000  # records read back from the database at a time
+PAGE = 1000  # records taken from the store's feed at a time
+READ_PAGE = ROW_MSGS  # records read back from the database at a time: about a row
 OUT_HIGH = 512 * 1024  # keep the link's output buffer below this
 WINDOW_BYTES = 16 * 1024 * 1024
 LOOKUP_TIMEOUT = 3.0
@@ -194,7 +196,7 @@ class Forwarder:
             return out
         store = self.store
         if store.behind:
-            return await store.read_after(self.cursor, limit)
+            return await store.read_after(self.cursor, min(room, READ_PAGE))
         return store.take_feed(self.cursor, limit)
 
     def _send(self, link: LinkPort, records: list[Record], now: float) -> None:
