@@ -31,6 +31,13 @@ have gcc || missing+=(gcc)
     || missing+=(python3-dev)
 have systemd-analyze || missing+=(systemd)  # tests/test_systemd.py checks the unit
 have debootstrap || missing+=(debootstrap)  # tests/test_images.py builds a Debian root
+# tests/test_container.py builds images/Containerfile and runs it: podman (with
+# runc: crun refuses hybrid cgroup machines), and qemu-user-static registered
+# with binfmt_misc for the arm64 image.
+have podman || missing+=(podman)
+have runc || missing+=(runc)
+have qemu-aarch64-static || missing+=(qemu-user-static)
+have update-binfmts || missing+=(binfmt-support)
 "$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -45,6 +52,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "run.sh: installing ${missing[*]}" >&2
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+fi
+
+# The kernel runs foreign binaries through qemu only with binfmt_misc mounted
+# (binfmt-support registers qemu's interpreters there when it is).
+if [ ! -e /proc/sys/fs/binfmt_misc/status ] && [ "$(id -u)" -eq 0 ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+    update-binfmts --enable >/dev/null 2>&1 || true
 fi
 
 # Debian marks its Python "externally managed"; a throwaway test machine may install
