@@ -47,7 +47,9 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_RECIPE = "1"
 BUILD_TIMEOUT = 1800
 UID = 10001  # the Containerfile's leafgate user
-MAX_IMAGE_MB = 200  # python:3.11-slim-bookworm is ~130 MB, leafgate's venv ~40 MB
+# What the runtime stage adds to its base: the venv (~35 MB). A build tool or
+# cache leaking out of the install stage (with a compiler: 300+ MB) exceeds it.
+MAX_ADDED_MB = 60
 
 # The architectures built and run: the native one and arm64 (under qemu) in
 # every run. armv7 (armhf) passes too, but its cold build compiles cffi (no
@@ -74,8 +76,9 @@ def _tool(name: str) -> str:
     return path
 
 
-def podman(*args: str, timeout: float = 120, stdin: bytes | None = None) -> str:
-    """Run podman on the test's own storage; its stdout, or an assertion with stderr."""
+def podman(*args: str, timeout: float = 120, stdin: bytes | None = None, check: bool = True) -> str:
+    """Run podman on the test's own storage; its stdout, or an assertion with stderr
+    (``check``: a failure is the test's; cleanups pass False)."""
     cmd = [
         _tool("podman"),
         "--root",
@@ -88,7 +91,7 @@ def podman(*args: str, timeout: float = 120, stdin: bytes | None = None) -> str:
     ]
     result = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
     out, err = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
-    assert result.returncode == 0, f"{' '.join(args[:2])}: rc {result.returncode}\n{err[-4000:]}"
+    assert result.returncode == 0 or not check, f"{args[:2]}: rc {result.returncode}\n{err[-4000:]}"
     return out
 
 
@@ -154,7 +157,8 @@ def build_image(arch: str, timings: dict[str, float]) -> str:
     build_base = base if arch == native_arch() else base_image(native_arch(), timings)
     oci_arch, variant = PLATFORMS[arch]
     platform = f"linux/{oci_arch}" + (f"/{variant}" if variant else "")
-    ref = f"localhost/leafgate:test-{arch}"
+    # Several worktrees may run this suite at once on one machine: a tag of its own.
+    ref = f"localhost/leafgate:test-{arch}-{os.getpid()}"
     started = time.monotonic()
     podman(
         "build",
@@ -219,51 +223,61 @@ async def round_trip(url: str) -> bytes:
 
 
 def check_running(ref: str, arch: str, slow: float) -> None:
-    cid = podman(
-        "run",
-        "--detach",
-        # This machine's root lacks CAP_SYS_RESOURCE: the limits podman would
-        # raise (nofile, nproc) can only be lowered. Periodic health checks need
-        # systemd timers; the check is run on demand below instead.
-        "--ulimit",
-        "nofile=4096:4096",
-        "--ulimit",
-        "nproc=4096:4096",
-        "--health-interval",
-        "disable",
-        "--publish",
-        "127.0.0.1::4222",
-        "--publish",
-        "127.0.0.1::8222",
-        ref,
-    ).strip()
+    name = f"leafgate-test-{os.getpid()}-{arch}"
     try:
-        host, mport = published(cid, 8222)
-        _, cport = published(cid, 4222)
-        wait_healthy(f"http://{host}:{mport}", cid, timeout=30 * slow)
-
-        version = podman("exec", cid, "leafgate", "--version")
-        assert re.fullmatch(r"leafgate v\d+\.\d+\.\d+\S*\n", version), version
-        # The server itself (PID 1) runs as the image's user, not root.
-        status = podman("exec", cid, "cat", "/proc/1/status")
-        uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
-        assert uids and uids.groups() == (str(UID), str(UID)), status
-        machine = podman("exec", cid, "uname", "-m").strip()
-        assert machine == {"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7l"}[arch]
-
-        # The image's own HEALTHCHECK command, run by podman, against the server.
-        podman("healthcheck", "run", cid, timeout=30 * slow)
-        health = podman("inspect", "--format", "{{json .State.Health}}", cid)
-        assert json.loads(health)["Status"] == "healthy", health
-
-        data = aio.run(round_trip(f"nats://{host}:{cport}"), timeout=20 * slow)
-        assert data == b"from the host"
-    finally:
+        cid = podman(
+            "run",
+            "--detach",
+            "--name",
+            name,
+            # This machine's root lacks CAP_SYS_RESOURCE: the limits podman would
+            # raise (nofile, nproc) can only be lowered. Periodic health checks need
+            # systemd timers; the check is run on demand below instead.
+            "--ulimit",
+            "nofile=4096:4096",
+            "--ulimit",
+            "nproc=4096:4096",
+            "--health-interval",
+            "disable",
+            "--publish",
+            "127.0.0.1::4222",
+            "--publish",
+            "127.0.0.1::8222",
+            ref,
+        ).strip()
+        _check_container(cid, arch, slow)
         podman("stop", "--time", str(int(10 * slow)), cid, timeout=60 * slow)
         code = podman("inspect", "--format", "{{.State.ExitCode}}", cid).strip()
-        podman("rm", "--force", cid)
-    # SIGTERM (the image's STOPSIGNAL) reaches leafgate as PID 1: a clean exit.
-    assert code == "0", f"leafgate exited {code} on podman stop"
+        # SIGTERM (the image's STOPSIGNAL) reaches leafgate as PID 1: a clean exit.
+        assert code == "0", f"leafgate exited {code} on podman stop: {podman('logs', cid)}"
+    finally:
+        # The container and its anonymous volume (the image's VOLUME), by name.
+        podman("rm", "--force", "--volumes", "--time", "5", name, check=False, timeout=60 * slow)
+
+
+def _check_container(cid: str, arch: str, slow: float) -> None:
+    host, mport = published(cid, 8222)
+    _, cport = published(cid, 4222)
+    wait_healthy(f"http://{host}:{mport}", cid, timeout=30 * slow)
+
+    version = podman("exec", cid, "leafgate", "--version")
+    assert re.fullmatch(r"leafgate v\d+\.\d+\.\d+\S*\n", version), version
+    # The server itself (PID 1) runs as the image's user, not root, and can
+    # write its state directory (the volume the store goes to).
+    status = podman("exec", cid, "cat", "/proc/1/status")
+    uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
+    assert uids and uids.groups() == (str(UID), str(UID)), status
+    podman("exec", cid, "sh", "-c", "touch /var/lib/leafgate/probe && rm /var/lib/leafgate/probe")
+    machine = podman("exec", cid, "uname", "-m").strip()
+    assert machine == {"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7l"}[arch]
+
+    # The image's own HEALTHCHECK command, run by podman, against the server.
+    podman("healthcheck", "run", cid, timeout=30 * slow)
+    health = podman("inspect", "--format", "{{json .State.Health}}", cid)
+    assert json.loads(health)["Status"] == "healthy", health
+
+    data = aio.run(round_trip(f"nats://{host}:{cport}"), timeout=20 * slow)
+    assert data == b"from the host"
 
 
 def _check_image(ref: str, arch: str) -> int:
@@ -278,6 +292,10 @@ def _check_image(ref: str, arch: str) -> int:
     return size
 
 
+def image_size(ref: str) -> int:
+    return int(podman("image", "inspect", "--format", "{{.Size}}", ref).strip())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHES)
 def test_container_image_builds_and_serves(arch: str) -> None:
@@ -286,14 +304,19 @@ def test_container_image_builds_and_serves(arch: str) -> None:
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     ref = build_image(arch, timings)
-    size = _check_image(ref, arch)
-    started = time.monotonic()
-    slow = 1.0 if arch == native_arch() else 4.0  # emulated by qemu
-    check_running(ref, arch, slow)
-    timings["run and checks"] = time.monotonic() - started
+    try:
+        size = _check_image(ref, arch)
+        added = size - image_size(base_image(arch, timings))
+        started = time.monotonic()
+        slow = 1.0 if arch == native_arch() else 4.0  # emulated by qemu
+        check_running(ref, arch, slow)
+        timings["run and checks"] = time.monotonic() - started
+    finally:
+        # The tag only: the image stays in the storage as the next run's cache.
+        podman("untag", ref, ref, check=False)
     timings["total"] = time.monotonic() - t0
     print(
-        f"container image {ref} ({arch}): {size / 1e6:.1f} MB; timings (s): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+        f"container image ({arch}): {size / 1e6:.1f} MB, {added / 1e6:.1f} MB over its base;"
+        " timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     )
-    assert size < MAX_IMAGE_MB * 1_000_000, f"image is {size / 1e6:.0f} MB, not slim"
+    assert added < MAX_ADDED_MB * 1_000_000, f"runtime adds {added / 1e6:.0f} MB to its base"
