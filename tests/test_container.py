@@ -41,7 +41,8 @@ from tests.rootfs import CACHE, cached_rootfs, native_arch, qemu_ready, rootfs_k
 CONTAINERFILE = REPO_ROOT / "images" / "Containerfile"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 STORAGE = CACHE / "containers"
-RUNROOT = Path("/run/leafgate-tests/containers")  # tmpfs: podman's state of the boot
+# podman's state of this boot, on tmpfs, one per storage.
+RUNROOT = Path("/run/leafgate-tests") / hashlib.sha256(bytes(STORAGE)).hexdigest()[:12]
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # Bump when what goes into the base image changes (not the root itself).
 BASE_RECIPE = "1"
