@@ -57,7 +57,7 @@ MAX_ADDED_MB = 60
 # armv7 wheel on PyPI) under qemu and its debootstrap is emulated: ~8 minutes,
 # most of the suite's budget; LEAFGATE_CONTAINER_ARCHES=amd64,arm64,armhf adds it.
 ARCHES = os.environ.get("LEAFGATE_CONTAINER_ARCHES", "amd64,arm64").split(",")
-# Debian's architecture names and the platforms (os/arch/variant) they are.
+# Debian's architecture names and the OCI architecture and variant they are.
 PLATFORMS = {
     "amd64": ("amd64", ""),
     "arm64": ("arm64", "v8"),
@@ -300,6 +300,7 @@ def image_size(ref: str) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHES)
 def test_container_image_builds_and_serves(arch: str) -> None:
+    assert os.geteuid() == 0, "this test needs root (debootstrap, podman's own storage)"
     if arch != native_arch():
         qemu_ready(arch)
     timings: dict[str, float] = {}
