@@ -41,7 +41,8 @@ from tests.rootfs import CACHE, cached_rootfs, native_arch, qemu_ready, rootfs_k
 CONTAINERFILE = REPO_ROOT / "images" / "Containerfile"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 STORAGE = CACHE / "containers"
-# podman's state of this boot, on tmpfs, one per storage.
+# podman's state of this boot, on tmpfs, one per storage (its database records
+# the paths and refuses others).
 RUNROOT = Path("/run/leafgate-tests") / hashlib.sha256(bytes(STORAGE)).hexdigest()[:12]
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # Bump when what goes into the base image changes (not the root itself).
@@ -86,6 +87,8 @@ def podman(*args: str, timeout: float = 120, stdin: bytes | None = None, check: 
         str(STORAGE / "storage"),
         "--runroot",
         str(RUNROOT),
+        "--tmpdir",
+        str(RUNROOT / "libpod"),
         "--runtime",
         _tool("runc"),
         *args,
