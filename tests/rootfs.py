@@ -11,6 +11,7 @@ second stage runs the target's own binaries in a chroot.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import platform
@@ -25,12 +26,26 @@ MIRROR = "http://deb.debian.org/debian"
 CACHE = Path(os.environ.get("LEAFGATE_ROOTFS_CACHE", "/var/tmp/leafgate-tests"))
 DEBOOTSTRAP_TIMEOUT = 900
 
+# The roots the tests use: the pi-gen stage's (tests/test_images.py) and the
+# container base image's (tests/test_container.py), one per architecture built.
+PI_GEN_PACKAGES = ("python3", "python3-venv", "ca-certificates", "systemd", "procps")
+CONTAINER_BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+
 # Debian's architecture names for the machines this one is.
 _NATIVE = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf"}
 
 
 def native_arch() -> str:
     return _NATIVE.get(platform.machine(), platform.machine())
+
+
+def container_arches() -> list[str]:
+    """The architectures tests/test_container.py builds and runs: the native one
+    and arm64 (under qemu) by default. armv7 (armhf) passes too, but its cold
+    build compiles cffi (PyPI has no armv7 wheel of it) under qemu and its
+    debootstrap is emulated: ~8 minutes, most of the suite's budget;
+    LEAFGATE_CONTAINER_ARCHES=amd64,arm64,armhf adds it."""
+    return os.environ.get("LEAFGATE_CONTAINER_ARCHES", "amd64,arm64").split(",")
 
 
 def rootfs_key(packages: tuple[str, ...], arch: str) -> str:
@@ -110,3 +125,28 @@ def qemu_ready(arch: str) -> None:
     assert text.startswith("enabled"), text
     flags = re.search(r"^flags: (\S*)", text, re.M)
     assert flags and "F" in flags.group(1), f"{entry} lacks the F flag: {text}"
+
+
+def warm() -> None:
+    """Build the missing roots side by side (tests/run.sh calls this before the
+    tests, as it installs packages: on a fresh machine, one after the other
+    inside the tests, they would take most of the suite's time limit)."""
+    wanted: list[tuple[tuple[str, ...], str]] = [(PI_GEN_PACKAGES, native_arch())]
+    wanted += [(CONTAINER_BASE_PACKAGES, arch) for arch in container_arches()]
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(wanted)) as pool:
+        done = [pool.submit(cached_rootfs, pkgs, arch, 3000) for pkgs, arch in wanted]
+        took = [future.result() for future in done]
+    built = [
+        f"{arch} {root.name} {secs:.0f}s"
+        for (_, arch), (root, secs) in zip(wanted, took, strict=True)
+        if secs
+    ]
+    print(
+        f"rootfs: {'built ' + ', '.join(built) if built else 'all cached'}"
+        f" ({time.monotonic() - started:.0f}s)"
+    )
+
+
+if __name__ == "__main__":
+    warm()

@@ -3,7 +3,8 @@
 #   bash tests/run.sh [pytest args...]
 # Installs the system packages the tests use when they are missing (nats-server is the
 # reference server the differential tests compare against), installs the project with
-# its test extras, then runs pytest under a time limit and exits with pytest's status.
+# its test extras, prepares the Debian roots the image tests build on (cached), then
+# runs pytest under a time limit and exits with pytest's status.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -64,6 +65,15 @@ fi
 # Debian marks its Python "externally managed"; a throwaway test machine may install
 # into it (inside a virtualenv this variable changes nothing).
 PIP_BREAK_SYSTEM_PACKAGES=1 "$PYTHON" -m pip install -q -e '.[test]'
+
+# The Debian roots the image tests build on (debootstrap, arm64 emulated),
+# prepared side by side, as packages are installed, before the time limit
+# starts: once cached (/var/tmp/leafgate-tests) this takes no time. A failure
+# here is left to the tests to report.
+# LEAFGATE_ROOTFS_WARM=0 leaves them to the tests (for a run of other tests).
+if [ "$(id -u)" -eq 0 ] && [ "${LEAFGATE_ROOTFS_WARM:-1}" != 0 ]; then
+    "$PYTHON" -m tests.rootfs || echo "run.sh: preparing the Debian roots failed" >&2
+fi
 
 rc=0
 timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT" \

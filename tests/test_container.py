@@ -36,10 +36,17 @@ import pytest
 
 from tests import aio
 from tests.harness import REPO_ROOT
-from tests.rootfs import CACHE, cached_rootfs, native_arch, qemu_ready, rootfs_key
+from tests.rootfs import (
+    CACHE,
+    CONTAINER_BASE_PACKAGES,
+    cached_rootfs,
+    container_arches,
+    native_arch,
+    qemu_ready,
+    rootfs_key,
+)
 
 CONTAINERFILE = REPO_ROOT / "images" / "Containerfile"
-BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 STORAGE = CACHE / "containers"
 # podman's state of this boot, on tmpfs, one per storage (its database records
 # the paths and refuses others).
@@ -53,11 +60,6 @@ UID = 10001  # the Containerfile's leafgate user
 # cache leaking out of the install stage (with a compiler: 300+ MB) exceeds it.
 MAX_ADDED_MB = 60
 
-# The architectures built and run: the native one and arm64 (under qemu) in
-# every run. armv7 (armhf) passes too, but its cold build compiles cffi (no
-# armv7 wheel on PyPI) under qemu and its debootstrap is emulated: ~8 minutes,
-# most of the suite's budget; LEAFGATE_CONTAINER_ARCHES=amd64,arm64,armhf adds it.
-ARCHES = os.environ.get("LEAFGATE_CONTAINER_ARCHES", "amd64,arm64").split(",")
 # Debian's architecture names and the OCI architecture and variant they are.
 PLATFORMS = {
     "amd64": ("amd64", ""),
@@ -126,12 +128,14 @@ def _root_tar(root: Path) -> bytes:
 def base_image(arch: str, timings: dict[str, float]) -> str:
     """The local stand-in for the slim Python base, for one architecture."""
     digest = hashlib.sha256(HOST_CA.read_bytes()).hexdigest()
-    key = rootfs_key(BASE_PACKAGES, arch)
+    key = rootfs_key(CONTAINER_BASE_PACKAGES, arch)
     tag = hashlib.sha256(f"{key} {digest} {BASE_RECIPE}".encode()).hexdigest()[:12]
     ref = f"localhost/leafgate-base:bookworm-{arch}-{tag}"
     if image_exists(ref):
         return ref
-    root, timings[f"debootstrap {arch}"] = cached_rootfs(BASE_PACKAGES, arch, timeout=3000)
+    root, timings[f"debootstrap {arch}"] = cached_rootfs(
+        CONTAINER_BASE_PACKAGES, arch, timeout=3000
+    )
     started = time.monotonic()
     oci_arch, variant = PLATFORMS[arch]
     extra = ["--variant", variant] if variant else []
@@ -145,7 +149,7 @@ def base_image(arch: str, timings: dict[str, float]) -> str:
         "--change",
         'CMD ["/bin/bash"]',
         "--message",
-        f"debootstrap --variant=minbase bookworm {arch} + {','.join(BASE_PACKAGES)}",
+        f"debootstrap --variant=minbase bookworm {arch} + {','.join(CONTAINER_BASE_PACKAGES)}",
         "-",
         ref,
         stdin=_root_tar(root),
@@ -301,7 +305,7 @@ def image_size(ref: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("arch", container_arches())
 def test_container_image_builds_and_serves(arch: str) -> None:
     assert os.geteuid() == 0, "this test needs root (debootstrap, podman's own storage)"
     if arch != native_arch():

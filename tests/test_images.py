@@ -26,13 +26,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness import REPO_ROOT
-from tests.rootfs import cached_rootfs
+from tests.rootfs import PI_GEN_PACKAGES, cached_rootfs
 
 IMAGES = REPO_ROOT / "images"
 CONTAINERFILE = IMAGES / "Containerfile"
 STAGE = IMAGES / "pi-gen" / "stage-leafgate"
 SUBSTAGE = STAGE / "00-leafgate"
-PACKAGES = ("python3", "python3-venv", "ca-certificates", "systemd", "procps")
 PIP_TIMEOUT = 600
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 
@@ -122,7 +121,7 @@ def test_pi_gen_stage_structure() -> None:
 
 def _cached_rootfs() -> tuple[Path, float]:
     """The cached bookworm root (built if missing) and the seconds debootstrap took (0: cached)."""
-    return cached_rootfs(PACKAGES)
+    return cached_rootfs(PI_GEN_PACKAGES)
 
 
 @contextlib.contextmanager
