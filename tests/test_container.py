@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -83,6 +84,15 @@ def _tool(name: str) -> str:
 def podman(*args: str, timeout: float = 120, stdin: bytes | None = None, check: bool = True) -> str:
     """Run podman on the test's own storage; its stdout, or an assertion with stderr
     (``check``: a failure is the test's; cleanups pass False)."""
+    result = podman_result(*args, timeout=timeout, stdin=stdin)
+    out, err = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+    assert result.returncode == 0 or not check, f"{args[:2]}: rc {result.returncode}\n{err[-4000:]}"
+    return out
+
+
+def podman_result(
+    *args: str, timeout: float = 120, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     cmd = [
         _tool("podman"),
         "--root",
@@ -95,10 +105,7 @@ def podman(*args: str, timeout: float = 120, stdin: bytes | None = None, check: 
         _tool("runc"),
         *args,
     ]
-    result = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
-    out, err = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
-    assert result.returncode == 0 or not check, f"{args[:2]}: rc {result.returncode}\n{err[-4000:]}"
-    return out
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
 
 
 def image_exists(ref: str) -> bool:
@@ -230,29 +237,61 @@ async def round_trip(url: str) -> bytes:
         await nc.close()
 
 
+def run_container(ref: str, name: str, *command: str) -> str:
+    """A detached container, both ports published on loopback; its id."""
+    return podman(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        # This machine's root lacks CAP_SYS_RESOURCE: the limits podman would
+        # raise (nofile, nproc) can only be lowered. Periodic health checks need
+        # systemd timers; the check is run on demand instead.
+        "--ulimit",
+        "nofile=4096:4096",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--health-interval",
+        "disable",
+        "--publish",
+        "127.0.0.1::4222",
+        "--publish",
+        "127.0.0.1::8222",
+        ref,
+        *command,
+    ).strip()
+
+
+def wait_nats_info(host: str, port: int, timeout: float) -> None:
+    """Until the server greets a client through the published port (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=2) as sock:
+                if sock.recv(5) == b"INFO ":
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "no INFO from leafgate in the container"
+        time.sleep(0.2)
+
+
+def check_health_fails_unserved(ref: str) -> None:
+    """The HEALTHCHECK can fail: a server without monitoring on 8222 is unhealthy."""
+    name = f"leafgate-test-{os.getpid()}-unserved"
+    try:
+        cid = run_container(ref, name, "run", "-c", "/etc/leafgate/leafgate.toml", "-m", "8223")
+        wait_nats_info(*published(cid, 4222), timeout=30)
+        result = podman_result("healthcheck", "run", cid, timeout=30)
+        assert (result.returncode, result.stdout.strip()) == (1, b"unhealthy"), result
+    finally:
+        podman("rm", "--force", "--volumes", "--time", "5", name, check=False, timeout=60)
+
+
 def check_running(ref: str, arch: str, slow: float) -> None:
     name = f"leafgate-test-{os.getpid()}-{arch}"
     try:
-        cid = podman(
-            "run",
-            "--detach",
-            "--name",
-            name,
-            # This machine's root lacks CAP_SYS_RESOURCE: the limits podman would
-            # raise (nofile, nproc) can only be lowered. Periodic health checks need
-            # systemd timers; the check is run on demand below instead.
-            "--ulimit",
-            "nofile=4096:4096",
-            "--ulimit",
-            "nproc=4096:4096",
-            "--health-interval",
-            "disable",
-            "--publish",
-            "127.0.0.1::4222",
-            "--publish",
-            "127.0.0.1::8222",
-            ref,
-        ).strip()
+        cid = run_container(ref, name)
         _check_container(cid, arch, slow)
         podman("stop", "--time", str(int(10 * slow)), cid, timeout=60 * slow)
         code = podman("inspect", "--format", "{{.State.ExitCode}}", cid).strip()
@@ -319,6 +358,8 @@ def test_container_image_builds_and_serves(arch: str) -> None:
         started = time.monotonic()
         slow = 1.0 if arch == native_arch() else 4.0  # emulated by qemu
         check_running(ref, arch, slow)
+        if arch == native_arch():
+            check_health_fails_unserved(ref)
         timings["run and checks"] = time.monotonic() - started
     finally:
         # The tag only: the image stays in the storage as the next run's cache.
