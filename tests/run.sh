@@ -3,7 +3,8 @@
 #   bash tests/run.sh [pytest args...]
 # Installs the system packages the tests use when they are missing (nats-server is the
 # reference server the differential tests compare against), installs the project with
-# its test extras, then runs pytest under a time limit and exits with pytest's status.
+# its test extras, prepares the Debian roots the image tests build on (cached), then
+# runs pytest under a time limit and exits with pytest's status.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -31,6 +32,13 @@ have gcc || missing+=(gcc)
     || missing+=(python3-dev)
 have systemd-analyze || missing+=(systemd)  # tests/test_systemd.py checks the unit
 have debootstrap || missing+=(debootstrap)  # tests/test_images.py builds a Debian root
+# tests/test_container.py builds images/Containerfile and runs it: podman (with
+# runc: crun refuses hybrid cgroup machines), and qemu-user-static registered
+# with binfmt_misc for the arm64 image.
+have podman || missing+=(podman)
+have runc || missing+=(runc)
+have qemu-aarch64-static || missing+=(qemu-user-static)
+have update-binfmts || missing+=(binfmt-support)
 "$PYTHON" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -47,9 +55,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 
+# The kernel runs foreign binaries through qemu only with binfmt_misc mounted
+# (binfmt-support registers qemu's interpreters there when it is).
+if [ ! -e /proc/sys/fs/binfmt_misc/status ] && [ "$(id -u)" -eq 0 ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+    update-binfmts --enable >/dev/null 2>&1 || true
+fi
+
 # Debian marks its Python "externally managed"; a throwaway test machine may install
 # into it (inside a virtualenv this variable changes nothing).
 PIP_BREAK_SYSTEM_PACKAGES=1 "$PYTHON" -m pip install -q -e '.[test]'
+
+# The Debian roots the image tests build on (debootstrap, arm64 emulated),
+# prepared side by side, as packages are installed, before the time limit
+# starts: once cached (/var/tmp/leafgate-tests) this takes no time. A failure
+# here is left to the tests to report.
+# LEAFGATE_ROOTFS_WARM=0 leaves them to the tests (for a run of other tests).
+if [ "$(id -u)" -eq 0 ] && [ "${LEAFGATE_ROOTFS_WARM:-1}" != 0 ]; then
+    "$PYTHON" -m tests.rootfs || echo "run.sh: preparing the Debian roots failed" >&2
+fi
 
 rc=0
 timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT" \

@@ -1,5 +1,5 @@
-"""images/: the container image definition (linted: there is no container engine
-to build it here) and the pi-gen stage, whose own scripts are run against a
+"""images/: the container image definition (linted here; tests/test_container.py
+builds and runs it) and the pi-gen stage, whose own scripts are run against a
 Debian bookworm root file system built with debootstrap: the built wheel is
 installed in it with its dependencies from PyPI, and leafgate runs inside it.
 
@@ -12,7 +12,6 @@ and PyPI.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -27,16 +26,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness import REPO_ROOT
+from tests.rootfs import PI_GEN_PACKAGES, cached_rootfs
 
 IMAGES = REPO_ROOT / "images"
 CONTAINERFILE = IMAGES / "Containerfile"
 STAGE = IMAGES / "pi-gen" / "stage-leafgate"
 SUBSTAGE = STAGE / "00-leafgate"
-SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
-PACKAGES = ("python3", "python3-venv", "ca-certificates", "systemd", "procps")
-CACHE = Path(os.environ.get("LEAFGATE_ROOTFS_CACHE", "/var/tmp/leafgate-tests"))
-DEBOOTSTRAP_TIMEOUT = 900
 PIP_TIMEOUT = 600
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 
@@ -69,7 +64,12 @@ def test_containerfile_structure() -> None:
     assert len(stages) >= 3, stages  # build, install, runtime
     names = [re.search(r"\bAS (\w+)$", s, re.I) for s in stages]
     assert all(names), stages
-    assert all("-slim" in s for s in stages), "slim Python bases"
+    # Every stage starts from the BASE argument (BUILD_BASE defaults to it),
+    # whose default is the official slim Python image.
+    argdefs = dict(a.partition("=")[::2] for w, a in steps if w == "ARG" and "=" in a)
+    assert re.fullmatch(r"\S+/python:3\.\d+-slim-bookworm", argdefs["BASE"]), argdefs
+    assert argdefs["BUILD_BASE"] == "${BASE}", argdefs
+    assert all(re.match(r"(--platform=\S+ )?\$\{(BUILD_)?BASE\} AS", s) for s in stages), stages
     assert stages[0].startswith("--platform=$BUILDPLATFORM"), "the wheel builds natively"
     runtime = [w for w in steps[[w for w, _ in steps].index("FROM") :]]
     last_from = max(i for i, (w, _) in enumerate(steps) if w == "FROM")
@@ -121,33 +121,7 @@ def test_pi_gen_stage_structure() -> None:
 
 def _cached_rootfs() -> tuple[Path, float]:
     """The cached bookworm root (built if missing) and the seconds debootstrap took (0: cached)."""
-    key = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
-    root = CACHE / f"rootfs-{SUITE}-{key}"
-    if (root / "usr" / "bin" / "python3").exists():
-        return root, 0.0
-    assert shutil.which("debootstrap"), "debootstrap is missing (tests/run.sh installs it)"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    building = CACHE / f"building-{key}-{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
-    started = time.monotonic()
-    result = subprocess.run(
-        [
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(PACKAGES)}",
-            SUITE,
-            str(building),
-            MIRROR,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=DEBOOTSTRAP_TIMEOUT,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    took = time.monotonic() - started
-    shutil.rmtree(root, ignore_errors=True)
-    building.rename(root)  # only a complete root becomes the cache
-    return root, took
+    return cached_rootfs(PI_GEN_PACKAGES)
 
 
 @contextlib.contextmanager
