@@ -37,7 +37,7 @@ DEFAULT_PROG = "leafgate store"
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 SCHEMA_VERSION = 2  # the newest schema this tool writes (store.db.SCHEMA_VERSION)
 # The size the group limits count (as store.buffer computes it).
-_SIZE = "length(subject) + ifnull(length(hdr), 0) + length(data)"
+_SIZE = "size"  # a column of the messages view (store.view)
 _AGGREGATES = f"count(*), sum({_SIZE}), min(seq), max(seq), min(ts), max(ts)"
 EXCLUSIVE_WAIT = 1.0  # seconds purge waits to have the store to itself
 PROGRESS_HELP = "progress on stderr even when it is not a terminal (a line per update)"
@@ -129,6 +129,18 @@ class Selection:
     to_seq: int | None = None
     seqs: tuple[int, ...] = ()
 
+    def picks(self, seq: int, subject: bytes) -> bool:
+        """The same selection as ``where``, for one message."""
+        if self.from_seq is not None and seq < self.from_seq:
+            return False
+        if self.to_seq is not None and seq > self.to_seq:
+            return False
+        if self.seqs and seq not in self.seqs:
+            return False
+        return not self.subjects or any(
+            subject == f if is_literal(f) else matches(f, subject) for f in self.subjects
+        )
+
     def where(self) -> tuple[str, list[object]]:
         """A WHERE clause and its parameters. Wildcard filters call the
         ``nats_match`` SQL function (see ``_connect``); literal ones compare bytes."""
@@ -186,8 +198,6 @@ def _open(directory: Path) -> tuple[sqlite3.Connection, Path]:
     conn, path = _connect(directory, write=False)
     try:
         _check_schema(conn, path, write=False)
-        if view.is_rows(conn):
-            view.fill(conn)
     except BaseException:
         conn.close()
         raise
@@ -229,6 +239,7 @@ def read_status(
     meant for monitoring as well."""
     now = time.time_ns() // 1_000_000
     names = _group_names(conn)
+    view.ensure(conn)
     query = f"SELECT grp, {_AGGREGATES} FROM messages GROUP BY grp"
     rows = {int(r[0]): r[1:] for r in conn.execute(query)}
     empty = (0, 0, None, None, None, None)
@@ -379,18 +390,17 @@ def format_line(msg: Message) -> str:
 
 
 def iter_messages(conn: sqlite3.Connection, sel: Selection, limit: int = 0) -> Iterator[Message]:
-    """The selected messages in sequence order, streamed by one statement, so
-    from one consistent snapshot of a store the server goes on writing."""
+    """The selected messages in sequence order, streamed from one consistent
+    snapshot of a store the server goes on writing."""
     names = _group_names(conn)
-    where, params = sel.where()
-    query = f"SELECT seq, grp, ts, subject, hdr, data FROM messages{where} ORDER BY seq"
-    query += f" LIMIT {limit}" if limit else ""
-    for seq, gid, ts, subject, hdr, data in conn.execute(query, params):
-        hdr = bytes(hdr) if hdr is not None else None
-        yield Message(seq, names.get(gid, f"#{gid}"), ts, bytes(subject), hdr, bytes(data))
+    for n, (seq, gid, ts, subject, hdr, data) in enumerate(view.payloads(conn, sel.picks), 1):
+        yield Message(seq, names.get(gid, f"#{gid}"), ts, subject, hdr, bytes(data))
+        if limit and n >= limit:
+            return
 
 
 def count_selected(conn: sqlite3.Connection, selection: Selection) -> tuple[int, int]:
+    view.ensure(conn)
     where, params = selection.where()
     n, size = conn.execute(f"SELECT count(*), sum({_SIZE}) FROM messages{where}", params).fetchone()
     return int(n), int(size or 0)
@@ -436,8 +446,7 @@ def purge(
     try:
         try:
             _check_schema(conn, path, write=True)
-            if view.is_rows(conn):
-                view.fill(conn)  # in this write transaction: what it shows is what goes
+            view.fill(conn)  # in this write transaction: what it shows is what goes
             n, size, next_seq = _delete(conn, selection)
             conn.execute("COMMIT")
         except BaseException:
@@ -491,8 +500,8 @@ def _delete(conn: sqlite3.Connection, selection: Selection) -> tuple[int, int, i
     if view.is_rows(conn):
         left = view.delete(conn, where, params)
     else:
-        conn.execute(f"DELETE FROM messages{where}", params)
-        left = conn.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
+        conn.execute(f"DELETE FROM main.messages{where}", params)
+        left = conn.execute("SELECT max(seq) FROM main.messages").fetchone()[0] or 0
     row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
     recorded = int(row[0]) if row and str(row[0]).isdigit() else 0
     if top is not None and top > max(left, recorded):  # the highest stored is gone

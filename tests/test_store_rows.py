@@ -191,3 +191,21 @@ def test_the_operator_tool_reads_a_schema_1_store_unmigrated(
     conn = sqlite3.connect(directory / DB_NAME)
     with closing(conn):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1  # only read
+
+
+def test_the_operator_tool_purges_a_schema_1_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge.cli import main
+
+    directory = tmp_path / "state"
+    _v1_store(directory / DB_NAME)
+    args = ["store", "purge", "--store", str(directory), "--to-seq", "102", "--yes"]
+    assert main(args) == 0
+    assert "purged 100 messages" in capsys.readouterr().out
+    conn = sqlite3.connect(directory / DB_NAME)
+    with closing(conn):
+        assert conn.execute("SELECT min(seq), count(*) FROM messages").fetchone() == (103, 4900)
+    conn, report = db.open_store(directory)  # and the server converts what is left
+    with closing(conn):
+        assert seqs(conn) == list(range(103, 5003)) and report.next_seq == 5003
