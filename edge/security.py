@@ -23,6 +23,7 @@ import trio
 
 from edge.accounts import Accounts
 from edge.auth.authn import Authenticator, Identity, Resolver, cert_identities
+from edge.auth.jwt import AccountClaims, JwtError, verified_account
 from edge.auth.permissions import (
     PublishCache,
     delivery_denied,
@@ -222,6 +223,14 @@ class Security:
             raise MAX_ACCOUNT_CONNECTIONS
         self.connections[account] = self.connections.get(account, 0) + 1
         client.identity = identity
+        if claims is not None:
+            for problem in self.accounts.join_jwt_account(claims, self._account_claims):
+                log.warning(
+                    "account_import_refused",
+                    account=problem.account,
+                    subject=problem.subject,
+                    reason=problem.reason,
+                )
         client.router = self.accounts.router(account)
         subs = _lowest(
             client.session.max_subscriptions,
@@ -246,6 +255,19 @@ class Security:
             if perms.responses is not None:
                 client.inline = False  # deliveries note reply subjects
         log.debug("client_authenticated", cid=client.cid, user=identity.name, account=account)
+
+    def _account_claims(self, key: str) -> AccountClaims | None:
+        """The verified JWT claims of operator-mode account ``key`` (None if unusable)."""
+        operator = self.authenticator.operator
+        token = self._resolver(key) if self._resolver is not None else None
+        if operator is None or token is None:
+            return None
+        try:
+            claims = verified_account(token, operator, time.time())
+        except JwtError as exc:
+            log.warning("account_jwt_refused", account=key, reason=str(exc))
+            return None
+        return claims if claims.public_key == key else None
 
     def forget(self, client: ClientConnection) -> None:
         identity = client.identity

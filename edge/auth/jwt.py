@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from edge.auth.permissions import (
     SubjectPermission,
     SubjectRule,
 )
+from edge.auth.settings import ExportConfig, ImportConfig
 from edge.nkeys import (
     PREFIX_ACCOUNT,
     PREFIX_OPERATOR,
@@ -35,6 +37,7 @@ from edge.nkeys import (
     public_key_bytes,
     verify,
 )
+from edge.subjects import is_valid_subject
 
 MAX_JWT = 16 * 1024  # a JWT larger than this is refused unread
 
@@ -184,6 +187,12 @@ class AccountClaims:
     max_subscriptions: int
     max_payload: int
     expires: float = 0.0  # 0: never
+    exports: tuple[ExportConfig, ...] = ()
+    imports: tuple[ImportConfig, ...] = ()
+    # Entries of exports/imports that cannot be used, each with why (to be logged).
+    dropped: tuple[str, ...] = ()
+    # User public key (or "*": every user) -> revoked if issued at or before (s).
+    revocations: tuple[tuple[str, int], ...] = ()
 
 
 def _signing_keys(nats: dict[str, Any]) -> frozenset[str]:
@@ -201,6 +210,7 @@ def account_claims(claims: dict[str, Any]) -> AccountClaims:
     limits = nats.get("limits")
     if not isinstance(limits, dict):
         limits = {}
+    exports, imports, dropped = _exports_imports(nats)
     return AccountClaims(
         public_key=claims["sub"],
         name=str(claims.get("name", "")),
@@ -210,7 +220,101 @@ def account_claims(claims: dict[str, Any]) -> AccountClaims:
         max_subscriptions=_limit(limits, "subs"),
         max_payload=_limit(limits, "payload"),
         expires=float(claims.get("exp") or 0),
+        exports=exports,
+        imports=imports,
+        dropped=tuple(dropped),
+        revocations=_revocations(nats.get("revocations")),
     )
+
+
+def _revocations(value: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict):
+        return ()
+    return tuple(
+        (k, int(v))
+        for k, v in value.items()
+        if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+    )
+
+
+_REF = re.compile(r"^\$(\d+)$|^\{\{\s*wildcard\s*\(\s*(\d+)\s*\)\s*\}\}$")
+
+
+def _plain(subject: str) -> str:
+    """A subject with its ``$N`` wildcard references as the ``*`` they stand for."""
+    return ".".join("*" if _REF.match(t) else t for t in subject.split("."))
+
+
+def _valid(subject: object) -> bool:
+    return isinstance(subject, str) and is_valid_subject(_plain(subject).encode())
+
+
+def _jwt_export(entry: object) -> ExportConfig | str:
+    if not isinstance(entry, dict):
+        return "export entry is not an object"
+    kind, subject = entry.get("type"), entry.get("subject")
+    if kind not in ("stream", "service") or not isinstance(subject, str) or not _valid(subject):
+        return f"export {entry.get('name', '')!r}: needs type stream/service and a subject"
+    response = str(entry.get("response_type") or "singleton").lower()
+    return ExportConfig(
+        kind,
+        subject.encode(),
+        None,
+        response if response in ("singleton", "stream", "chunked") else "singleton",
+        entry.get("token_req") is True,
+    )
+
+
+def _jwt_import(entry: object) -> ImportConfig | str:
+    """An import as nats-server 2.9 reads it. ``local_subject`` (with ``$N``
+    references) is the importer's subject; without it, a service import's
+    ``subject`` is the importer's and ``to`` the exporter's, while a stream
+    import's ``to`` is a prefix put before the exporter's subject."""
+    if not isinstance(entry, dict):
+        return "import entry is not an object"
+    kind, account, subject = entry.get("type"), entry.get("account"), entry.get("subject")
+    name = entry.get("name", "")
+    if kind not in ("stream", "service") or not isinstance(account, str) or not _valid(subject):
+        return f"import {name!r}: needs type stream/service, an account and a subject"
+    assert isinstance(subject, str)
+    local, to = entry.get("local_subject"), entry.get("to")
+    for value in (local, to):
+        if value and not _valid(value):
+            return f"import {name!r}: not a valid subject: {value!r}"
+    if local:
+        remote, mine = subject, str(local)
+    elif kind == "service":
+        remote, mine = str(to or subject), subject
+    else:
+        remote, mine = subject, (str(to).rstrip(".") + "." + subject) if to else subject
+    if remote != _plain(remote):
+        return f"import {name!r}: the exporter's subject has wildcard references"
+    return ImportConfig(kind, account, remote.encode(), mine.encode())
+
+
+def _entries(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def _exports_imports(
+    nats: dict[str, Any],
+) -> tuple[tuple[ExportConfig, ...], tuple[ImportConfig, ...], list[str]]:
+    exports: list[ExportConfig] = []
+    imports: list[ImportConfig] = []
+    dropped: list[str] = []
+    for entry in _entries(nats.get("exports")):
+        export = _jwt_export(entry)
+        if isinstance(export, str):
+            dropped.append(export)
+        else:
+            exports.append(export)
+    for entry in _entries(nats.get("imports")):
+        imp = _jwt_import(entry)
+        if isinstance(imp, str):
+            dropped.append(imp)
+        else:
+            imports.append(imp)
+    return tuple(exports), tuple(imports), dropped
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,132 @@
+"""Operator mode (JWTs) with nats-py, against leafgate and nats-server 2.9.10 alike
+(``both``): the exports and imports of account JWTs, in both spellings 2.9.10
+reads (``local_subject``, with ``$N`` references, and the older ``to``).
+
+Captured from 2.9.10 (nats-server -DV, /tmp capture of this test's set-up): with
+the exporter's JWT listing the export and the importer's JWT the import (the
+exporter's public key as ``account``) both spellings route; an import the
+exporter does not export, or that needs an activation token the import lacks,
+is not made (requests get no responders).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats.errors
+import pytest
+from nats.aio.msg import Msg
+
+from tests.aio import connect, run, settle
+from tests.conftest import ServerFactory
+from tests.harness import ServerProcess
+from tests.jwtgen import Operator
+from tests.test_security_clients import _operator_config, _write
+
+
+def _exporter_and_importers() -> Operator:
+    op = Operator.create("A", "B", "OLD", "C")
+    a = op.accounts["A"].public_key
+    op.set_claims(
+        "A",
+        exports=[
+            {"name": "t", "subject": "time", "type": "service"},
+            {"name": "w", "subject": "wc.*.*", "type": "service"},
+            {"name": "e", "subject": "events.>", "type": "stream"},
+            {"name": "s", "subject": "secret", "type": "service", "token_req": True},
+            {"name": "m", "subject": "many", "type": "service", "response_type": "Stream"},
+        ],
+    )
+    op.set_claims(
+        "B",
+        imports=[
+            {"subject": "time", "account": a, "local_subject": "a.time", "type": "service"},
+            {"subject": "wc.*.*", "account": a, "local_subject": "x.$2.$1", "type": "service"},
+            {"subject": "events.>", "account": a, "local_subject": "from_a.>", "type": "stream"},
+            {"subject": "secret", "account": a, "type": "service"},
+            {"subject": "private", "account": a, "type": "service"},
+            {"subject": "many", "account": a, "type": "service"},
+        ],
+    )
+    op.set_claims(
+        "OLD",
+        imports=[
+            {"subject": "a.time", "account": a, "to": "time", "type": "service"},
+            {"subject": "events.>", "account": a, "to": "from_a", "type": "stream"},
+        ],
+    )
+    # C imports from B, which exports nothing.
+    op.set_claims(
+        "C",
+        imports=[{"subject": "a.time", "account": op.accounts["B"].public_key, "type": "service"}],
+    )
+    return op
+
+
+def _creds(op: Operator, tmp_path: Path, account: str) -> str:
+    return _write(tmp_path, f"{account}.creds", op.accounts[account].user_creds(account.lower()))
+
+
+async def _answer(msg: Msg) -> None:
+    await msg.respond(msg.subject.encode() + b" <- " + msg.data)
+
+
+async def _no_reply(nc: nats.NATS, subject: str) -> None:
+    with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+        await nc.request(subject, b"?", timeout=1)
+
+
+async def _stream(nc: nats.NATS, subject: str) -> nats.aio.subscription.Subscription:
+    sub = await nc.subscribe(subject)
+    await settle(nc)
+    return sub
+
+
+def test_jwt_service_and_stream_imports(both: ServerFactory, tmp_path: Path) -> None:
+    op = _exporter_and_importers()
+    server: ServerProcess = both(config=_operator_config(op))
+    files = {name: _creds(op, tmp_path, name) for name in ("A", "B", "OLD", "C")}
+
+    async def scenario() -> None:
+        a, b, old, c = [await connect(server.url, user_credentials=files[n]) for n in files]
+        for subject in ("time", "wc.*.*", "secret", "private"):
+            await a.subscribe(subject, cb=_answer)
+
+        async def twice(msg: Msg) -> None:
+            await msg.respond(b"1")
+            await msg.respond(b"2")
+
+        await a.subscribe("many", cb=twice)
+        await settle(a)
+        assert (await b.request("a.time", b"b", timeout=5)).data == b"time <- b"
+        assert (await old.request("a.time", b"o", timeout=5)).data == b"time <- o"
+        # $2.$1: the importer's tokens go back to the exporter swapped.
+        assert (await b.request("x.p.q", b"b", timeout=5)).data == b"wc.q.p <- b"
+        await _no_reply(b, "time")  # the exporter's name is not B's
+        await _no_reply(b, "secret")  # token required, none given
+        await _no_reply(b, "private")  # not exported
+        await _no_reply(c, "a.time")  # B exports nothing
+        # A stream response type: both answers reach the requester.
+        inbox = b.new_inbox()
+        answers = await _stream(b, inbox)
+        await b.publish("many", b"?", reply=inbox)
+        got = [(await answers.next_msg(timeout=5)).data for _ in range(2)]
+        assert got == [b"1", b"2"]
+
+        sub_b = await _stream(b, ">")
+        sub_old = await _stream(old, "from_a.>")
+        await a.publish("events.one", b"ev")
+        await settle(a)
+        msg = await sub_b.next_msg(timeout=5)
+        assert (msg.subject, msg.data) == ("from_a.one", b"ev")
+        msg = await sub_old.next_msg(timeout=5)
+        assert (msg.subject, msg.data) == ("from_a.events.one", b"ev")
+        await asyncio.sleep(0.2)
+        with pytest.raises(nats.errors.TimeoutError):
+            extra = await sub_b.next_msg(timeout=0.3)
+            raise AssertionError(f"unexpected {extra.subject}")
+        for nc in (a, b, old, c):
+            await nc.close()
+
+    run(scenario())
