@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from edge.accounts import Accounts
+from edge.auth.access import refusal
 from edge.auth.authn import Authenticator, Identity, Resolver, cert_identities
-from edge.auth.jwt import AccountClaims, JwtError, verified_account
+from edge.auth.jwt import AccountClaims, JwtError, read_user, verified_account
 from edge.auth.permissions import (
     PublishCache,
     delivery_denied,
@@ -207,9 +208,36 @@ class Security:
                 user=options.user or options.nkey or "",
             )
             raise errors.AUTH_VIOLATION
+        if identity.account_limits is not None and options.jwt:
+            self._check_access(client, identity.account_limits, options.jwt)
         accepted = client.session.accept(options, True)
         self._bind(client, identity)
         return accepted
+
+    def _check_access(self, client: ClientConnection, account: AccountClaims, token: str) -> None:
+        """The user JWT's src, times and its account's revocations (its signature
+        and issuer were verified by the authenticator)."""
+        user = read_user(token)
+        reason = refusal(
+            user.public_key,
+            user.issued_at,
+            user.src,
+            user.times,
+            user.times_location,
+            account.revocations,
+            client.ip,
+            time.time(),
+        )
+        if reason is not None:
+            log.warning(
+                "authorization_violation",
+                cid=client.cid,
+                ip=client.ip,
+                user=user.public_key,
+                account=account.public_key,
+                reason=reason,
+            )
+            raise errors.AUTH_VIOLATION
 
     def _bind(self, client: ClientConnection, identity: Identity) -> None:
         account = identity.account

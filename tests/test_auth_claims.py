@@ -4,17 +4,19 @@ made (and why the others are not)."""
 
 from __future__ import annotations
 
+import calendar
 import time
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.accounts import Accounts, inverse, plain, remap
+from edge.auth import access
 from edge.auth import jwt as natsjwt
 from edge.auth.settings import ExportConfig, ImportConfig
-from edge.nkeys import PREFIX_ACCOUNT, PREFIX_OPERATOR, KeyPair
+from edge.nkeys import PREFIX_ACCOUNT, PREFIX_OPERATOR, PREFIX_USER, KeyPair
 from edge.router import Router
-from tests.jwtgen import account_jwt
+from tests.jwtgen import account_jwt, encode_jwt
 
 OPERATOR = KeyPair.generate(PREFIX_OPERATOR)
 EXPORTER = KeyPair.generate(PREFIX_ACCOUNT)
@@ -119,3 +121,98 @@ def test_join_jwt_account_problems() -> None:
     ]
     assert len(accounts.bridges) == 1
     assert accounts.join_jwt_account(importer, {a: exporter}.get) == []  # once only
+
+
+# ---- user JWT claims: revocations, src, times -----------------------------------
+
+
+def test_revocations() -> None:
+    assert access.revoked([("UA", 100)], "UA", 100)  # issued at the revocation time
+    assert access.revoked([("UA", 100)], "UA", 99)
+    assert not access.revoked([("UA", 100)], "UA", 101)
+    assert not access.revoked([("UB", 100)], "UA", 50)
+    assert access.revoked([("*", 100)], "UA", 50)
+    assert not access.revoked([], "UA", 0)
+
+
+def test_source_networks() -> None:
+    allowed = access.source_allowed
+    assert allowed((), None)
+    assert allowed(("127.0.0.0/8",), "127.0.0.1")
+    assert allowed(("10.0.0.0/8", "::1/128"), "::1")
+    assert not allowed(("10.0.0.0/8",), "127.0.0.1")
+    assert not allowed(("127.0.0.1",), "127.0.0.1")  # not a CIDR: matches nothing
+    assert not allowed(("junk/8", "127.0.0.0/8"), "127.0.0.1")  # refused at the bad entry
+    assert allowed(("127.0.0.0/8", "junk/8"), "127.0.0.1")
+    assert not allowed(("127.0.0.0/8",), None)
+    assert not allowed(("127.0.0.0/8",), "not-an-ip")
+
+
+def _at(hms: str) -> float:
+    """A UTC time on 2026-06-15."""
+    return calendar.timegm(time.strptime("2026-06-15 " + hms, "%Y-%m-%d %H:%M:%S"))
+
+
+def test_connect_times() -> None:
+    office = (("08:00:00", "17:00:00"),)
+    assert access.time_allowed((), "", _at("03:00:00"))
+    assert access.time_allowed(office, "UTC", _at("12:00:00"))
+    assert not access.time_allowed(office, "UTC", _at("08:00:00"))  # strictly inside
+    assert not access.time_allowed(office, "UTC", _at("17:00:00"))
+    assert not access.time_allowed(office, "UTC", _at("18:00:00"))
+    # 12:00 UTC is 14:00 in Paris (summer), 21:00 in Tokyo.
+    assert access.time_allowed(office, "Europe/Paris", _at("12:00:00"))
+    assert not access.time_allowed(office, "Asia/Tokyo", _at("12:00:00"))
+    night = (("22:00:00", "06:00:00"),)
+    assert access.time_allowed(night, "UTC", _at("23:00:00"))
+    # As nats-server: the range starts today, so the hours after midnight are out.
+    assert not access.time_allowed(night, "UTC", _at("03:00:00"))
+    assert not access.time_allowed(office, "Nowhere/Else", _at("12:00:00"))
+    assert not access.time_allowed((("8am", "5pm"),), "UTC", _at("12:00:00"))
+    assert not access.time_allowed((("24:00:00", "25:00:00"),), "UTC", _at("12:00:00"))
+    assert access.time_allowed((("bad", "x"), *office), "UTC", _at("12:00:00")) is False
+
+
+@given(st.integers(0, 86399), st.integers(0, 86399), st.integers(1, 86398))
+def test_connect_times_inside_range(a: int, b: int, t: int) -> None:
+    start, end = sorted((a, b))
+    hms = [time.strftime("%H:%M:%S", time.gmtime(x)) for x in (start, end)]
+    now = _at("00:00:00") + t
+    assert access.time_allowed(((hms[0], hms[1]),), "UTC", now) == (start < t < end)
+
+
+def test_refusal_reasons() -> None:
+    now = _at("12:00:00")
+    ok = access.refusal("UA", 10, ("127.0.0.0/8",), (), "", [("UB", 50)], "127.0.0.1", now)
+    assert ok is None
+    assert access.refusal("UA", 10, (), (), "", [("UA", 50)], "1.2.3.4", now) == (
+        "user JWT revoked by its account"
+    )
+    assert access.refusal("UA", 10, ("10.0.0.0/8",), (), "", (), "1.2.3.4", now) == (
+        "client address outside the JWT's src networks"
+    )
+    assert access.refusal("UA", 10, (), (("01:00:00", "02:00:00"),), "UTC", (), None, now) == (
+        "outside the JWT's connect times"
+    )
+
+
+def test_user_claims_src_times_read() -> None:
+    user = KeyPair.generate(PREFIX_USER)
+    token = encode_jwt(
+        IMPORTER,
+        user.public_key(),
+        "u",
+        {
+            "type": "user",
+            "version": 2,
+            "src": "10.0.0.0/8, 127.0.0.1/32",
+            "times": [{"start": "01:00:00", "end": "02:00:00"}, "junk"],
+            "times_location": "UTC",
+        },
+    )
+    claims = natsjwt.read_user(token)
+    assert claims == natsjwt.verified_user(token, time.time())
+    assert claims.src == ("10.0.0.0/8", "127.0.0.1/32")
+    assert claims.times == (("01:00:00", "02:00:00"), ("", ""))
+    assert claims.times_location == "UTC"
+    assert claims.issued_at > 0

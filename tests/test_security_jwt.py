@@ -12,6 +12,7 @@ is not made (requests get no responders).
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import nats.errors
@@ -20,9 +21,9 @@ from nats.aio.msg import Msg
 
 from tests.aio import connect, run, settle
 from tests.conftest import ServerFactory
-from tests.harness import ServerProcess
-from tests.jwtgen import Operator
-from tests.test_security_clients import _operator_config, _write
+from tests.harness import ServerProcess, is_nats_server_command
+from tests.jwtgen import Operator, decode_claims
+from tests.test_security_clients import _operator_config, _refused, _round_trip, _write
 
 
 def _exporter_and_importers() -> Operator:
@@ -128,5 +129,76 @@ def test_jwt_service_and_stream_imports(both: ServerFactory, tmp_path: Path) -> 
             raise AssertionError(f"unexpected {extra.subject}")
         for nc in (a, b, old, c):
             await nc.close()
+
+    run(scenario())
+
+
+# ---- user JWT claims: src, times, revocations ---------------------------------------
+
+
+def _clock_in(hours: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(time.time() + hours * 3600))
+
+
+def test_jwt_src_times_and_revocations(both: ServerFactory, tmp_path: Path) -> None:
+    op = Operator.create("APP")
+    app = op.accounts["APP"]
+    whole_day = [{"start": "00:00:00", "end": "23:59:59"}]
+    later = [{"start": _clock_in(6), "end": _clock_in(6.01)}]
+    cases = {
+        "src_loopback": ({"src": ["127.0.0.0/8"]}, True),
+        "src_list_string": ({"src": "10.0.0.0/8, 127.0.0.1/32"}, True),
+        "src_elsewhere": ({"src": ["10.0.0.0/8", "192.168.0.0/16"]}, False),
+        "src_bare_address": ({"src": ["127.0.0.1"]}, False),
+        "times_now": ({"times": whole_day, "times_location": "UTC"}, True),
+        "times_tokyo": ({"times": whole_day, "times_location": "Asia/Tokyo"}, True),
+        "times_later": ({"times": later, "times_location": "UTC"}, False),
+        "times_bad_zone": ({"times": whole_day, "times_location": "Nowhere/Else"}, False),
+        "times_bad_clock": ({"times": [{"start": "9am", "end": "5pm"}]}, False),
+    }
+    files = {
+        name: _write(tmp_path, f"{name}.creds", app.user_creds(name, **fields))
+        for name, (fields, _) in cases.items()
+    }
+    revoked_text = app.user_creds("revoked")
+    revoked_key = decode_claims(revoked_text.split("\n")[1])["sub"]
+    files["revoked"] = _write(tmp_path, "revoked.creds", revoked_text)
+    now = int(time.time())
+    op.set_claims("APP", revocations={revoked_key: now + 5})
+    server = both(config=_operator_config(op))
+    # Issued after the time of a revocation of all users: still good.
+    fresh = _write(tmp_path, "fresh.creds", op.accounts["APP"].user_creds("fresh"))
+
+    async def scenario() -> None:
+        await _round_trip(server.url, user_credentials=fresh)
+        for name, (_, accepted) in cases.items():
+            if accepted:
+                await _round_trip(server.url, user_credentials=files[name])
+            else:
+                err = await _refused(server.url, user_credentials=files[name])
+                assert "authorization violation" in err.lower(), (name, err)
+        err = await _refused(server.url, user_credentials=files["revoked"])
+        assert "authorization violation" in err.lower()
+
+    run(scenario())
+    if not is_nats_server_command(server.argv(0)):
+        log = server.log_tail(200_000)
+        for reason in ("src networks", "connect times", "revoked by its account"):
+            assert reason in log
+        for name in files:
+            seed = Path(files[name]).read_text().split("\n")[-5]
+            assert seed.startswith("SU") and seed not in log
+
+
+def test_jwt_revoke_all_users(both: ServerFactory, tmp_path: Path) -> None:
+    """``*`` revokes every user JWT issued at or before its time."""
+    op = Operator.create("APP")
+    old = _write(tmp_path, "old.creds", op.accounts["APP"].user_creds("old"))
+    op.set_claims("APP", revocations={"*": int(time.time()) + 5})
+    server = both(config=_operator_config(op))
+
+    async def scenario() -> None:
+        err = await _refused(server.url, user_credentials=old)
+        assert "authorization violation" in err.lower()
 
     run(scenario())

@@ -149,6 +149,28 @@ class UserClaims:
     permissions: Permissions
     max_subscriptions: int  # 0: unlimited
     max_payload: int  # 0: unlimited
+    issued_at: int = 0
+    src: tuple[str, ...] = ()  # CIDR networks the client must connect from
+    times: tuple[tuple[str, str], ...] = ()  # (start, end) "HH:MM:SS" of the day
+    times_location: str = ""  # their time zone ("": the server's)
+
+
+def _cidrs(value: object) -> tuple[str, ...]:
+    """``src``: a list, or (older JWTs) one comma-separated string."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return _strings(value)
+
+
+def _times(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        (str(v.get("start", "")), str(v.get("end", "")))
+        if isinstance(v, dict)
+        else ("", "")  # an entry that is not a range: refuses, as a bad range does
+        for v in value
+    )
 
 
 def user_claims(claims: dict[str, Any]) -> UserClaims:
@@ -174,7 +196,23 @@ def user_claims(claims: dict[str, Any]) -> UserClaims:
         ),
         max_subscriptions=_limit(nats, "subs"),
         max_payload=_limit(nats, "payload"),
+        issued_at=iat if isinstance(iat := claims.get("iat"), int) else 0,
+        src=_cidrs(nats.get("src")),
+        times=_times(nats.get("times")),
+        times_location=str(nats.get("times_location") or ""),
     )
+
+
+def read_user(token: str) -> UserClaims:
+    """The claims of a user JWT whose signature was checked already (by the
+    authenticator, on the same text): read again without verifying."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise JwtError("not a JWT (three parts expected)")
+    claims = _json(parts[1])
+    if not isinstance(claims.get("nats"), dict):
+        claims["nats"] = {}
+    return user_claims(claims)
 
 
 @dataclass(frozen=True, slots=True)
