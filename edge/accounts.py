@@ -206,7 +206,8 @@ class ServiceImport(_Internal):
         self.local_subject = plain(local)
         self.subject = inverse(imp.subject, local)
         self.responses = _Responses(exporter, importer, clock, many)
-        importer.subscribe(Subscription(self, self.local_subject, None, b"service"))
+        self.sub = Subscription(self, self.local_subject, None, b"service")
+        importer.subscribe(self.sub)
 
     def deliver(
         self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
@@ -240,21 +241,26 @@ class Accounts:
         for account in accounts:
             self.routers[account.name] = Router()
         self.bridges: list[_Internal] = []
-        self.joined: set[str] = set()  # operator-mode accounts whose imports are made
+        # (importing account, import): the subscriptions /subsz lists, as nats-server does.
+        self.service_imports: list[tuple[str, ServiceImport]] = []
+        self.jwt_claims: dict[str, AccountClaims] = {}  # operator-mode accounts joined
         by_name = {a.name: a for a in accounts}
         for account in accounts:
             for imp in account.imports:
                 export = find_export(by_name[imp.account], imp, account.name)
-                self._join(imp, self.routers[imp.account], self.routers[account.name], export)
+                self._join(account.name, imp, self.routers[imp.account], export)
 
     def _join(
-        self, imp: ImportConfig, exporter: Router, importer: Router, export: ExportConfig | None
+        self, account: str, imp: ImportConfig, exporter: Router, export: ExportConfig | None
     ) -> None:
+        importer = self.router(account)
         if imp.kind == "stream":
             self.bridges.append(StreamImport(exporter, importer, imp))
         else:
             many = export is not None and export.response_type != "singleton"
-            self.bridges.append(ServiceImport(exporter, importer, imp, self.clock, many))
+            service = ServiceImport(exporter, importer, imp, self.clock, many)
+            self.bridges.append(service)
+            self.service_imports.append((account, service))
 
     def router(self, name: str) -> Router:
         """The router of account ``name`` (operator-mode accounts are made on first use)."""
@@ -271,10 +277,10 @@ class Accounts:
         covering subject. Exports needing an activation token are not supported
         (leafgate does not verify activation tokens): their imports are refused."""
         key = claims.public_key
-        if key in self.joined:
+        if key in self.jwt_claims:
             return []
-        self.joined.add(key)
-        importer = self.router(key)
+        self.jwt_claims[key] = claims
+        self.router(key)
         problems = [JoinProblem(key, "", reason) for reason in claims.dropped]
         for imp in claims.imports:
             subject = imp.subject.decode()
@@ -292,5 +298,5 @@ class Accounts:
                     JoinProblem(key, subject, "export needs an activation token (not supported)")
                 )
             else:
-                self._join(imp, self.router(imp.account), importer, export)
+                self._join(key, imp, self.router(imp.account), export)
         return problems
