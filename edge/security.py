@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from edge.accounts import Accounts
-from edge.auth.access import refusal
+from edge.auth.access import expires_at, refusal
 from edge.auth.authn import Authenticator, Identity, Resolver, cert_identities
 from edge.auth.jwt import AccountClaims, JwtError, read_user, verified_account
 from edge.auth.permissions import (
@@ -37,6 +37,7 @@ from edge.auth.permissions import (
 from edge.auth.settings import GLOBAL_ACCOUNT, SecurityConfig, TLSServerConfig
 from edge.config import ConfigError, ServerConfig
 from edge.connection import ClientConnection
+from edge.expiry import Expiries
 from edge.log import get_logger
 from edge.proto import errors
 from edge.proto.errors import CloseReason, ProtocolError
@@ -121,6 +122,7 @@ class Security:
         self.ssl = tls_context(sec.tls) if sec.tls is not None else None
         self.accounts = Accounts(server.router, sec.accounts)
         self.connections: dict[str, int] = {}
+        self.expiries = Expiries()  # run by the server (Server.run's services)
         # Whether any connection may carry permissions (then GuardedConnection).
         self.guarded = sec.operator is not None or any(not u.permissions.empty for u in sec.users)
 
@@ -208,16 +210,23 @@ class Security:
                 user=options.user or options.nkey or "",
             )
             raise errors.AUTH_VIOLATION
+        expires = None
         if identity.account_limits is not None and options.jwt:
-            self._check_access(client, identity.account_limits, options.jwt)
+            expires = self._check_access(client, identity.account_limits, options.jwt)
         accepted = client.session.accept(options, True)
         self._bind(client, identity)
+        if expires is not None:
+            self.expiries.add(client, expires)
         return accepted
 
-    def _check_access(self, client: ClientConnection, account: AccountClaims, token: str) -> None:
+    def _check_access(
+        self, client: ClientConnection, account: AccountClaims, token: str
+    ) -> float | None:
         """The user JWT's src, times and its account's revocations (its signature
-        and issuer were verified by the authenticator)."""
+        and issuer were verified by the authenticator); when the connection must
+        close (its exp or the end of its time window), if ever."""
         user = read_user(token)
+        now = time.time()
         reason = refusal(
             user.public_key,
             user.issued_at,
@@ -226,7 +235,7 @@ class Security:
             user.times_location,
             account.revocations,
             client.ip,
-            time.time(),
+            now,
         )
         if reason is not None:
             log.warning(
@@ -238,6 +247,7 @@ class Security:
                 reason=reason,
             )
             raise errors.AUTH_VIOLATION
+        return expires_at(user.expires, user.times, user.times_location, now)
 
     def _bind(self, client: ClientConnection, identity: Identity) -> None:
         account = identity.account
@@ -298,6 +308,7 @@ class Security:
         return claims if claims.public_key == key else None
 
     def forget(self, client: ClientConnection) -> None:
+        self.expiries.forget(client)
         identity = client.identity
         if isinstance(identity, Identity):
             left = self.connections.get(identity.account, 1) - 1

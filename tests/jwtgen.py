@@ -47,7 +47,9 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def encode_jwt(signer: KeyPair, subject: str, name: str, nats: dict[str, Any]) -> str:
+def encode_jwt(
+    signer: KeyPair, subject: str, name: str, nats: dict[str, Any], expires: int | None = None
+) -> str:
     """A signed JWT: ``signer`` issues claims about ``subject`` (a public key)."""
     claims: dict[str, Any] = {
         "iat": int(time.time()),
@@ -56,6 +58,8 @@ def encode_jwt(signer: KeyPair, subject: str, name: str, nats: dict[str, Any]) -
         "sub": subject,
         "nats": nats,
     }
+    if expires is not None:
+        claims["exp"] = expires
     digest = hashlib.sha256(_dumps(claims)).digest()
     claims = {"jti": base64.b32encode(digest).decode().rstrip("="), **claims}
     signing_input = f"{_b64(_dumps(HEADER))}.{_b64(_dumps(claims))}"

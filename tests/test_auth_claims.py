@@ -216,3 +216,19 @@ def test_user_claims_src_times_read() -> None:
     assert claims.times == (("01:00:00", "02:00:00"), ("", ""))
     assert claims.times_location == "UTC"
     assert claims.issued_at > 0
+
+
+def test_when_an_accepted_jwt_expires() -> None:
+    now = _at("12:00:00")
+    office = (("08:00:00", "17:00:00"),)
+    assert access.window_end(office, "UTC", now) == _at("17:00:00")
+    assert access.window_end((), "UTC", now) is None
+    assert access.window_end((("01:00:00", "02:00:00"),), "UTC", now) is None
+    assert access.expires_at(0.0, (), "", now) is None
+    assert access.expires_at(now + 60, office, "UTC", now) == now + 60
+    assert access.expires_at(now + 86400, office, "UTC", now) == _at("17:00:00")
+    assert access.expires_at(0.0, office, "UTC", now) == _at("17:00:00")
+    # A night range ends the next morning.
+    assert access.window_end((("22:00:00", "06:00:00"),), "UTC", _at("23:00:00")) == (
+        _at("06:00:00") + 86400
+    )

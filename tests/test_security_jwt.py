@@ -12,17 +12,21 @@ is not made (requests get no responders).
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
+from edge.nkeys import PREFIX_USER, KeyPair
 from tests.aio import connect, run, settle
 from tests.conftest import ServerFactory
-from tests.harness import ServerProcess, is_nats_server_command
-from tests.jwtgen import Operator, decode_claims
+from tests.harness import RawClient, ServerProcess, is_nats_server_command
+from tests.jwtgen import UNLIMITED_USER, Account, Operator, decode_claims, encode_jwt
 from tests.test_security_clients import _operator_config, _refused, _round_trip, _write
 
 
@@ -202,3 +206,37 @@ def test_jwt_revoke_all_users(both: ServerFactory, tmp_path: Path) -> None:
         assert "authorization violation" in err.lower()
 
     run(scenario())
+
+
+async def _jwt_client(port: int, account: Account, expires: int | None, **fields: Any) -> RawClient:
+    user = KeyPair.generate(PREFIX_USER)
+    nats = {"type": "user", "version": 2, **UNLIMITED_USER, **fields}
+    jwt = encode_jwt(account.keys, user.public_key(), "u", nats, expires)
+    client = await RawClient.connect(port)
+    info = await client.read_info()
+    sig = base64.urlsafe_b64encode(user.sign(info["nonce"].encode())).decode().rstrip("=")
+    connect = {"verbose": False, "jwt": jwt, "sig": sig}
+    await client.send(b"CONNECT " + json.dumps(connect).encode() + b"\r\n")
+    assert await client.ping() == []
+    return client
+
+
+async def test_jwt_expiry_closes_the_connection(both: ServerFactory) -> None:
+    """At the user JWT's exp, and at the end of its connect-time window, the
+    connection gets nats-server's 'User Authentication Expired' and is closed."""
+    op = Operator.create("APP")
+    server = both(config=_operator_config(op))
+    app = op.accounts["APP"]
+    start = time.monotonic()
+    by_exp = await _jwt_client(server.port, app, int(time.time()) + 2)
+    window = [{"start": "00:00:00", "end": _clock_in(3 / 3600)}]
+    by_times = await _jwt_client(server.port, app, None, times=window, times_location="UTC")
+    forever = await _jwt_client(server.port, app, None)
+    for client in (by_exp, by_times):
+        frames = await client.read_frames_until(lambda f: f.op == "-ERR", timeout=8)
+        assert frames[-1].text() == "-ERR 'User Authentication Expired'"
+        assert await client.closed(timeout=3)
+    assert 1.0 < time.monotonic() - start < 6
+    assert await forever.ping() == []
+    for client in (by_exp, by_times, forever):
+        await client.aclose()

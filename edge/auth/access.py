@@ -73,23 +73,36 @@ def time_allowed(times: tuple[tuple[str, str], ...], location: str, now: float) 
     ``location``. A range whose start is after its end ends the next day; as in
     nats-server it is anchored at today's start, so it allows the hours from its
     start to midnight and not those after midnight."""
-    if not times:
-        return True
+    return not times or window_end(times, location, now) is not None
+
+
+def window_end(times: tuple[tuple[str, str], ...], location: str, now: float) -> float | None:
+    """When the first of ``times`` holding ``now`` ends (a Unix time), None if
+    none holds it (or there are none): the connection is closed then."""
     tz = zone(location)
-    if tz is None:
-        return False
+    if tz is None or not times:
+        return None
     current = dt.datetime.fromtimestamp(now, tz)
     today = current.date()
     for start_text, end_text in times:
         start_at, end_at = _clock(start_text), _clock(end_text)
         if start_at is None or end_at is None:
-            return False
+            return None
         start = dt.datetime.combine(today, start_at, tz)
         end_day = today + dt.timedelta(days=1) if start_at > end_at else today
         end = dt.datetime.combine(end_day, end_at, tz)
         if start < current < end:
-            return True
-    return False
+            return end.timestamp()
+    return None
+
+
+def expires_at(
+    jwt_expires: float, times: tuple[tuple[str, str], ...], location: str, now: float
+) -> float | None:
+    """When an accepted user JWT's connection must close ("User Authentication
+    Expired"): its ``exp`` or the end of its connect-time window, the sooner."""
+    ends = [t for t in (jwt_expires or None, window_end(times, location, now)) if t]
+    return min(ends) if ends else None
 
 
 def refusal(

@@ -153,6 +153,7 @@ class UserClaims:
     src: tuple[str, ...] = ()  # CIDR networks the client must connect from
     times: tuple[tuple[str, str], ...] = ()  # (start, end) "HH:MM:SS" of the day
     times_location: str = ""  # their time zone ("": the server's)
+    expires: float = 0.0  # exp (0: never)
 
 
 def _cidrs(value: object) -> tuple[str, ...]:
@@ -200,6 +201,7 @@ def user_claims(claims: dict[str, Any]) -> UserClaims:
         src=_cidrs(nats.get("src")),
         times=_times(nats.get("times")),
         times_location=str(nats.get("times_location") or ""),
+        expires=float(exp) if isinstance(exp := claims.get("exp"), int | float) else 0.0,
     )
 
 
