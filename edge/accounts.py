@@ -244,6 +244,7 @@ class Accounts:
         # (importing account, import): the subscriptions /subsz lists, as nats-server does.
         self.service_imports: list[tuple[str, ServiceImport]] = []
         self.jwt_claims: dict[str, AccountClaims] = {}  # operator-mode accounts joined
+        self.exporters: dict[str, AccountClaims] = {}  # and those they import from
         by_name = {a.name: a for a in accounts}
         for account in accounts:
             for imp in account.imports:
@@ -298,5 +299,6 @@ class Accounts:
                     JoinProblem(key, subject, "export needs an activation token (not supported)")
                 )
             else:
+                self.exporters[imp.account] = exporter
                 self._join(key, imp, self.router(imp.account), export)
         return problems

@@ -551,6 +551,8 @@ class AccountSnap:
     stats: SublistSnap
     exports: tuple[ExportConfig, ...] = ()
     imports: tuple[ImportConfig, ...] = ()
+    issuer: str = ""  # operator mode: who signed the account JWT, and its name
+    name_tag: str = ""
 
 
 def accountz(
@@ -589,6 +591,9 @@ def accountz(
         detail["exports"] = [_export(e) for e in ordered]
     if account.imports:
         detail["imports"] = [_import(i) for i in account.imports]
+    if account.issuer:
+        detail["issuer_key"] = account.issuer
+        detail["name_tag"] = account.name_tag
     detail["sublist_stats"] = _sublist_stats(account.stats)
     body["account_detail"] = detail
     return body

@@ -312,7 +312,7 @@ def account_snaps(server: Server) -> list[AccountSnap]:
             clients.get(name, 0),
             leafs.get(name, 0),
             sublist_snap(server, name),
-            *declared.get(name, ((), ())),
+            *declared.get(name, ((), (), "", "")),
         )
         for name in account_routers(server)
     ]
@@ -320,13 +320,15 @@ def account_snaps(server: Server) -> list[AccountSnap]:
 
 def _declared(
     server: Server,
-) -> dict[str, tuple[tuple[ExportConfig, ...], tuple[ImportConfig, ...]]]:
+) -> dict[str, tuple[tuple[ExportConfig, ...], tuple[ImportConfig, ...], str, str]]:
+    """Exports, imports, issuer and name of each account (config or JWT)."""
     security = server.security
     if security is None:
         return {}
-    out = {a.name: (a.exports, a.imports) for a in security.settings.accounts}
-    for key, claims in security.accounts.jwt_claims.items():
-        out[key] = (claims.exports, claims.imports)
+    out = {a.name: (a.exports, a.imports, "", "") for a in security.settings.accounts}
+    accounts = security.accounts
+    for key, claims in {**accounts.exporters, **accounts.jwt_claims}.items():
+        out[key] = (claims.exports, claims.imports, claims.issuer, claims.name)
     return out
 
 

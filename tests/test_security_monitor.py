@@ -18,7 +18,9 @@ from edge import monitor_json as mj
 from edge.auth.settings import ExportConfig, ImportConfig
 from tests.aio import connect, run, settle
 from tests.harness import ServerProcess, start_leafgate, start_nats_server
+from tests.jwtgen import Operator
 from tests.test_monitor import SERVICE_SUBS, fetch, get_json, monitor_url
+from tests.test_security_clients import _operator_config, _write
 from tests.test_security_differential import ACCOUNTS
 
 
@@ -152,3 +154,65 @@ def test_accountz_shapes_of_jwt_exports_and_imports() -> None:
     ]
     assert (detail["leafnode_connections"], detail["client_connections"]) == (1, 1)
     assert mj.accountz("N", 0, 0, "", [account], "ASYS")["system_account"] == "ASYS"
+
+
+def _operator_views(server: ServerProcess, op: Operator, files: dict[str, str]) -> dict[str, Any]:
+    system = op.system.public_key
+
+    async def go() -> dict[str, Any]:
+        a = await connect(server.url, user_credentials=files["A"], name="ca")
+        b = await connect(server.url, user_credentials=files["B"], name="cb")
+        await a.subscribe("time")
+        await settle(a)
+        await settle(b)
+        url = monitor_url(server)
+        out: dict[str, Any] = {
+            "accounts": set(get_json(url + "/accountz")["accounts"]) - {system},
+            "system_account": get_json(url + "/accountz")["system_account"],
+        }
+        for name in ("A", "B"):
+            key = op.accounts[name].public_key
+            detail = get_json(f"{url}/accountz?acc={key}")["account_detail"]
+            out[name] = {
+                k: detail.get(k)
+                for k in ("account_name", "client_connections", "issuer_key", "name_tag")
+            }
+            out[name]["exports"] = detail.get("exports")
+            out[name]["imports"] = [i for i in detail.get("imports", []) if not _is_sys(i)]
+            connz = get_json(f"{url}/connz?acc={key}&auth=1")["connections"]
+            out[f"connz {name}"] = [(c["name"], c["account"]) for c in connz]
+        out["unloaded"] = fetch(f"{url}/accountz?acc={op.accounts['C'].public_key}")[::2]
+        await a.close()
+        await b.close()
+        return out
+
+    result: dict[str, Any] = run(go())
+    return result
+
+
+def test_operator_mode_accounts_as_nats_server(tmp_path: Path) -> None:
+    """Account JWTs: /accountz names them by public key, with their JWT's exports
+    and imports, issuer and name; an account no client used yet is not loaded."""
+    op = Operator.create("A", "B", "C")
+    a = op.accounts["A"].public_key
+    op.set_claims("A", exports=[{"subject": "time", "type": "service"}])
+    op.set_claims(
+        "B",
+        imports=[{"subject": "time", "account": a, "local_subject": "a.time", "type": "service"}],
+    )
+    config = _operator_config(op)
+    files = {n: _write(tmp_path, f"{n}.creds", op.accounts[n].user_creds(n)) for n in "AB"}
+    ref = start_nats_server("-m", "-1", config_text=config.nats, tmp_path=tmp_path / "n")
+    try:
+        want = _operator_views(ref, op, files)
+    finally:
+        ref.stop()
+    lg = start_leafgate("-m", "0", config_text=config.toml, tmp_path=tmp_path / "l")
+    try:
+        got = _operator_views(lg, op, files)
+    finally:
+        lg.stop()
+    assert want["B"]["imports"][0]["to"] == "time"  # the reference, as captured
+    assert want["accounts"] == {"$G", a, op.accounts["B"].public_key}
+    for key in want:
+        assert got[key] == want[key], (key, want[key], got[key])
