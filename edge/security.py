@@ -236,6 +236,7 @@ class Security:
             account.revocations,
             client.ip,
             now,
+            user.connection_types,
         )
         if reason is not None:
             log.warning(

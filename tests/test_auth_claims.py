@@ -232,3 +232,16 @@ def test_when_an_accepted_jwt_expires() -> None:
     assert access.window_end((("22:00:00", "06:00:00"),), "UTC", _at("23:00:00")) == (
         _at("06:00:00") + 86400
     )
+
+
+def test_allowed_connection_types() -> None:
+    allowed = access.connection_type_allowed
+    assert allowed(())
+    assert allowed(("STANDARD",))
+    assert allowed(("standard", "FOO"))  # unknown types are left out
+    assert not allowed(("LEAFNODE", "MQTT"))
+    assert not allowed(("FOO",))  # only unknown types: meant another kind of client
+    assert allowed(("LEAFNODE",), "LEAFNODE")
+    assert access.refusal("UA", 0, (), (), "", (), None, 0.0, ("MQTT",)) == (
+        "connection type not in the JWT's allowed_connection_types"
+    )

@@ -159,6 +159,11 @@ def test_jwt_src_times_and_revocations(both: ServerFactory, tmp_path: Path) -> N
         "times_later": ({"times": later, "times_location": "UTC"}, False),
         "times_bad_zone": ({"times": whole_day, "times_location": "Nowhere/Else"}, False),
         "times_bad_clock": ({"times": [{"start": "9am", "end": "5pm"}]}, False),
+        "type_standard": ({"allowed_connection_types": ["STANDARD"]}, True),
+        "type_and_unknown": ({"allowed_connection_types": ["STANDARD", "FOO"]}, True),
+        "type_lower_case": ({"allowed_connection_types": ["standard"]}, True),
+        "type_leafnode": ({"allowed_connection_types": ["LEAFNODE", "MQTT"]}, False),
+        "type_unknown": ({"allowed_connection_types": ["FOO"]}, False),
     }
     files = {
         name: _write(tmp_path, f"{name}.creds", app.user_creds(name, **fields))

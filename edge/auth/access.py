@@ -46,6 +46,23 @@ def source_allowed(networks: tuple[str, ...], ip: str | None) -> bool:
     return False
 
 
+# The connection types nats-server 2.9.10 knows; a client port connection is STANDARD.
+KNOWN_CONNECTION_TYPES = frozenset(
+    ("STANDARD", "WEBSOCKET", "LEAFNODE", "LEAFNODE_WS", "MQTT", "MQTT_WS")
+)
+
+
+def connection_type_allowed(types: tuple[str, ...], kind: str = "STANDARD") -> bool:
+    """``allowed_connection_types``: empty allows every kind; otherwise ``kind``
+    must be listed (in any case: 2.9.10 accepts "standard"). Types the server does
+    not know are left out, and a list of nothing but unknown types refuses (it
+    meant some other kind of client)."""
+    if not types:
+        return True
+    known = {t.upper() for t in types if t.upper() in KNOWN_CONNECTION_TYPES}
+    return kind in known
+
+
 def _clock(text: str) -> dt.time | None:
     match = _CLOCK.match(text)
     if match is None:
@@ -114,10 +131,13 @@ def refusal(
     revocations: Iterable[tuple[str, int]],
     ip: str | None,
     now: float,
+    connection_types: tuple[str, ...] = (),
 ) -> str | None:
     """Why a verified user JWT may not connect from ``ip`` at ``now``, or None."""
     if revoked(revocations, user, issued_at):
         return "user JWT revoked by its account"
+    if not connection_type_allowed(connection_types):
+        return "connection type not in the JWT's allowed_connection_types"
     if not source_allowed(networks, ip):
         return "client address outside the JWT's src networks"
     if not time_allowed(times, location, now):

@@ -154,6 +154,7 @@ class UserClaims:
     times: tuple[tuple[str, str], ...] = ()  # (start, end) "HH:MM:SS" of the day
     times_location: str = ""  # their time zone ("": the server's)
     expires: float = 0.0  # exp (0: never)
+    connection_types: tuple[str, ...] = ()  # allowed_connection_types (empty: any)
 
 
 def _cidrs(value: object) -> tuple[str, ...]:
@@ -202,6 +203,7 @@ def user_claims(claims: dict[str, Any]) -> UserClaims:
         times=_times(nats.get("times")),
         times_location=str(nats.get("times_location") or ""),
         expires=float(exp) if isinstance(exp := claims.get("exp"), int | float) else 0.0,
+        connection_types=_strings(nats.get("allowed_connection_types")),
     )
 
 
