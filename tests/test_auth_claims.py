@@ -7,20 +7,22 @@ from __future__ import annotations
 import calendar
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.accounts import Accounts, inverse, plain, remap
+from edge.accounts import Accounts, JoinProblem, inverse, plain, remap
 from edge.auth import access
 from edge.auth import jwt as natsjwt
-from edge.auth.settings import ExportConfig, ImportConfig
+from edge.auth.settings import ExportConfig, ImportConfig, SettingError, parse_security
 from edge.nkeys import PREFIX_ACCOUNT, PREFIX_OPERATOR, PREFIX_USER, KeyPair
 from edge.router import Router
-from tests.jwtgen import account_jwt, encode_jwt
+from tests.jwtgen import account_jwt, encode_jwt, operator_jwt
 
 OPERATOR = KeyPair.generate(PREFIX_OPERATOR)
 EXPORTER = KeyPair.generate(PREFIX_ACCOUNT)
 IMPORTER = KeyPair.generate(PREFIX_ACCOUNT)
+OTHER = KeyPair.generate(PREFIX_ACCOUNT)
 
 
 def _claims(keys: KeyPair, **fields: object) -> natsjwt.AccountClaims:
@@ -40,10 +42,9 @@ def test_jwt_imports_both_spellings() -> None:
             {"subject": "ev.>", "account": a, "local_subject": "in.>", "type": "stream"},
             {"subject": "ev.>", "account": a, "to": "pre", "type": "stream"},
             {"subject": "w.*", "account": a, "local_subject": "x.$1", "type": "service"},
-            {"subject": "bad subject", "account": a, "type": "stream"},
-            {"subject": "x", "type": "stream"},
-            {"subject": "x", "account": a, "type": "other"},
-            "junk",
+            # Left out (2.9.10 lets these pass but they cannot be used):
+            {"subject": "x", "account": "not-a-key", "type": "stream"},
+            {"subject": "x", "account": a, "local_subject": "a..b", "type": "stream"},
         ],
     )
     assert claims.imports == (
@@ -54,7 +55,41 @@ def test_jwt_imports_both_spellings() -> None:
         ImportConfig("stream", a, b"ev.>", b"pre.ev.>"),  # 'to' is a prefix
         ImportConfig("service", a, b"w.*", b"x.$1"),
     )
-    assert len(claims.dropped) == 4
+    assert len(claims.dropped) == 2
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"subject": "bad subject", "account": EXPORTER.public_key(), "type": "stream"},
+        {"subject": "x", "type": "stream"},
+        {"account": EXPORTER.public_key(), "type": "stream"},
+        {"subject": "x", "account": EXPORTER.public_key(), "type": "other"},
+        {"subject": "w.*", "account": EXPORTER.public_key(), "local_subject": "x.$2"},
+        "junk",
+    ],
+)
+def test_invalid_jwt_imports_invalidate_the_account(entry: object) -> None:
+    """What 2.9.10 finds invalid makes the account JWT invalid (its users refused)."""
+    if isinstance(entry, dict):
+        entry.setdefault("type", "service")
+    with pytest.raises(natsjwt.JwtError):
+        _claims(IMPORTER, imports=[entry])
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"subject": "a b", "type": "service"},
+        {"subject": "zz"},
+        {"subject": "zz", "type": "service", "response_type": "Weird"},
+        {"subject": "zz", "type": "service", "response_type": "stream"},
+        ["junk"],
+    ],
+)
+def test_invalid_jwt_exports_invalidate_the_account(entry: object) -> None:
+    with pytest.raises(natsjwt.JwtError):
+        _claims(EXPORTER, exports=[entry])
 
 
 def test_jwt_exports() -> None:
@@ -64,7 +99,6 @@ def test_jwt_exports() -> None:
             {"subject": "time", "type": "service"},
             {"subject": "many", "type": "service", "response_type": "Stream"},
             {"subject": "tok.>", "type": "stream", "token_req": True},
-            {"subject": "", "type": "stream"},
         ],
     )
     assert claims.exports == (
@@ -72,7 +106,7 @@ def test_jwt_exports() -> None:
         ExportConfig("service", b"many", None, "stream"),
         ExportConfig("stream", b"tok.>", None, "singleton", True),
     )
-    assert claims.dropped == ("export '': needs type stream/service and a subject",)
+    assert claims.dropped == ()
 
 
 def test_wildcard_references() -> None:
@@ -109,15 +143,20 @@ def test_join_jwt_account_problems() -> None:
             {"subject": "time", "account": a, "type": "service"},
             {"subject": "tok", "account": a, "type": "service"},
             {"subject": "other", "account": a, "type": "service"},
+            {"subject": "x", "account": OTHER.public_key(), "type": "stream"},
             {"subject": "x", "account": "AUNKNOWN", "type": "stream"},
         ],
     )
     accounts = Accounts(Router(), ())
     problems = accounts.join_jwt_account(importer, {a: exporter}.get)
+    assert problems[0] == JoinProblem(
+        IMPORTER.public_key(), "", "import '': account 'AUNKNOWN' is not an account public key"
+    )
+    problems = problems[1:]
     assert [(p.subject, p.reason) for p in problems] == [
         ("tok", "export needs an activation token (not supported)"),
         ("other", f"account {a} exports no service for it"),
-        ("x", "no usable account AUNKNOWN"),
+        ("x", f"no usable account {OTHER.public_key()}"),
     ]
     assert len(accounts.bridges) == 1
     assert accounts.join_jwt_account(importer, {a: exporter}.get) == []  # once only
@@ -245,3 +284,25 @@ def test_allowed_connection_types() -> None:
     assert access.refusal("UA", 0, (), (), "", (), None, 0.0, ("MQTT",)) == (
         "connection type not in the JWT's allowed_connection_types"
     )
+
+
+def test_preloaded_account_jwts_must_decode() -> None:
+    """As nats-server 2.9.10 (its -t check): a preload with a bad signature, or
+    not an account JWT, stops the start; an expired one does not."""
+    good = account_jwt(OPERATOR, EXPORTER, "A")
+    expired = encode_jwt(
+        OPERATOR, EXPORTER.public_key(), "A", {"type": "account", "version": 2}, expires=1
+    )
+    raw = {
+        "operator": operator_jwt(OPERATOR),
+        "resolver": "MEMORY",
+    }
+    for token in (good, expired):
+        parse_security({**raw, "resolver_preload": {EXPORTER.public_key(): token}})
+    bad_sig = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    user = encode_jwt(EXPORTER, KeyPair.generate(PREFIX_USER).public_key(), "u", {"type": "user"})
+    for token in (bad_sig, user, "not.a.jwt"):
+        with pytest.raises(SettingError) as err:
+            parse_security({**raw, "resolver_preload": {EXPORTER.public_key(): token}})
+        assert err.value.key == f"resolver_preload.{EXPORTER.public_key()}"
+        assert "invalid account JWT" in err.value.reason

@@ -245,3 +245,45 @@ async def test_jwt_expiry_closes_the_connection(both: ServerFactory) -> None:
     assert await forever.ping() == []
     for client in (by_exp, by_times, forever):
         await client.aclose()
+
+
+def test_jwt_imports_unusable_or_invalid(both: ServerFactory, tmp_path: Path) -> None:
+    """As 2.9.10: an import naming no account key, or a local subject that is no
+    subject, is left out and the account works; an import with an invalid subject
+    or a ``$N`` naming a missing wildcard makes the account JWT invalid: its users
+    are refused (the exporter's are not)."""
+    op = Operator.create("A", "B", "BAD")
+    a = op.accounts["A"].public_key
+    op.set_claims("A", exports=[{"subject": "time", "type": "service"}])
+    op.set_claims(
+        "B",
+        imports=[
+            {"subject": "time", "account": "not-a-key", "type": "service"},
+            {"subject": "time", "account": a, "local_subject": "a..b", "type": "service"},
+            {"subject": "time", "account": a, "local_subject": "a.time", "type": "service"},
+        ],
+    )
+    op.set_claims(
+        "BAD",
+        imports=[
+            {"subject": "time", "account": a, "local_subject": "a.time", "type": "service"},
+            {"subject": "x y", "account": a, "type": "service"},
+        ],
+    )
+    server = both(config=_operator_config(op))
+    files = {name: _creds(op, tmp_path, name) for name in ("A", "B", "BAD")}
+
+    async def scenario() -> None:
+        a_nc = await connect(server.url, user_credentials=files["A"])
+        await a_nc.subscribe("time", cb=_answer)
+        await settle(a_nc)
+        b_nc = await connect(server.url, user_credentials=files["B"])
+        assert (await b_nc.request("a.time", b"b", timeout=5)).data == b"time <- b"
+        err = await _refused(server.url, user_credentials=files["BAD"])
+        assert "authorization violation" in err.lower()
+        await a_nc.close()
+        await b_nc.close()
+
+    run(scenario())
+    if not is_nats_server_command(server.argv(0)):
+        assert "account_import_refused" in server.log_tail(100_000)

@@ -66,11 +66,12 @@ def _json(part: str) -> dict[str, Any]:
 _KIND = {"operator": PREFIX_OPERATOR, "account": PREFIX_ACCOUNT, "user": PREFIX_USER}
 
 
-def decode(token: str, kind: str, now: float) -> dict[str, Any]:
+def decode(token: str, kind: str, now: float | None) -> dict[str, Any]:
     """The verified claims of ``token``, a JWT of ``kind`` (operator/account/user).
 
     The signature is checked against ``iss``; who may issue (the operator, an
-    account or their signing keys) is the caller's question.
+    account or their signing keys) is the caller's question. ``now`` None: the
+    time window (exp, nbf) is not checked.
     """
     if len(token) > MAX_JWT:
         raise JwtError("too large")
@@ -102,7 +103,8 @@ def decode(token: str, kind: str, now: float) -> dict[str, Any]:
         public_key_bytes(subject, _KIND[kind])
     except NkeyError:
         raise JwtError(f"sub is not a {kind} public key") from None
-    _check_window(claims, now)
+    if now is not None:
+        _check_window(claims, now)
     return claims
 
 
@@ -291,35 +293,61 @@ def _valid(subject: object) -> bool:
     return isinstance(subject, str) and is_valid_subject(_plain(subject).encode())
 
 
-def _jwt_export(entry: object) -> ExportConfig | str:
+_RESPONSE_TYPES = {
+    "": "singleton",
+    "Singleton": "singleton",
+    "Stream": "stream",
+    "Chunked": "chunked",
+}
+
+
+def _jwt_export(entry: object) -> ExportConfig:
+    """An export; one nats-server 2.9.10 would find invalid makes the whole
+    account JWT invalid (JwtError: its users are refused), as there."""
     if not isinstance(entry, dict):
-        return "export entry is not an object"
+        raise JwtError("an export entry is not an object")
     kind, subject = entry.get("type"), entry.get("subject")
+    name = entry.get("name", "")
     if kind not in ("stream", "service") or not isinstance(subject, str) or not _valid(subject):
-        return f"export {entry.get('name', '')!r}: needs type stream/service and a subject"
-    response = str(entry.get("response_type") or "singleton").lower()
-    return ExportConfig(
-        kind,
-        subject.encode(),
-        None,
-        response if response in ("singleton", "stream", "chunked") else "singleton",
-        entry.get("token_req") is True,
-    )
+        raise JwtError(f"export {name!r}: needs type stream/service and a valid subject")
+    response = _RESPONSE_TYPES.get(str(entry.get("response_type") or ""))
+    if response is None:
+        raise JwtError(f"export {name!r}: response_type must be Singleton, Stream or Chunked")
+    return ExportConfig(kind, subject.encode(), None, response, entry.get("token_req") is True)
+
+
+def _references_fit(subject: str, local: str) -> bool:
+    """Each ``$N`` of ``local`` names one of ``subject``'s ``*`` wildcards."""
+    stars = subject.split(".").count("*")
+    for token in local.split("."):
+        match = _REF.match(token)
+        if match is not None and not 0 < int(match.group(1) or match.group(2)) <= stars:
+            return False
+    return True
 
 
 def _jwt_import(entry: object) -> ImportConfig | str:
     """An import as nats-server 2.9 reads it. ``local_subject`` (with ``$N``
     references) is the importer's subject; without it, a service import's
     ``subject`` is the importer's and ``to`` the exporter's, while a stream
-    import's ``to`` is a prefix put before the exporter's subject."""
+    import's ``to`` is a prefix put before the exporter's subject.
+
+    What 2.9.10 finds invalid (no or a bad subject, no account, an unknown type,
+    a ``$N`` naming no wildcard) raises JwtError: the account is unusable. What
+    it lets pass but leafgate cannot use (an account that is no key, a local
+    subject that is no subject) is returned as the reason it is left out."""
     if not isinstance(entry, dict):
-        return "import entry is not an object"
+        raise JwtError("an import entry is not an object")
     kind, account, subject = entry.get("type"), entry.get("account"), entry.get("subject")
     name = entry.get("name", "")
     if kind not in ("stream", "service") or not isinstance(account, str) or not _valid(subject):
-        return f"import {name!r}: needs type stream/service, an account and a subject"
+        raise JwtError(f"import {name!r}: needs type stream/service, an account and a subject")
     assert isinstance(subject, str)
     local, to = entry.get("local_subject"), entry.get("to")
+    if local and not (isinstance(local, str) and _references_fit(subject, local)):
+        raise JwtError(f"import {name!r}: local_subject {local!r} names missing wildcards")
+    if not account.startswith("A") or len(account) != 56:
+        return f"import {name!r}: account {account!r} is not an account public key"
     for value in (local, to):
         if value and not _valid(value):
             return f"import {name!r}: not a valid subject: {value!r}"
@@ -345,11 +373,7 @@ def _exports_imports(
     imports: list[ImportConfig] = []
     dropped: list[str] = []
     for entry in _entries(nats.get("exports")):
-        export = _jwt_export(entry)
-        if isinstance(export, str):
-            dropped.append(export)
-        else:
-            exports.append(export)
+        exports.append(_jwt_export(entry))
     for entry in _entries(nats.get("imports")):
         imp = _jwt_import(entry)
         if isinstance(imp, str):

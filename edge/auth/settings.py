@@ -497,6 +497,20 @@ def check_security(security: SecurityConfig) -> None:
             raise SettingError("resolver", 'operator mode needs a resolver ("MEMORY" or a dir)')
     elif security.resolver is not None or security.resolver_preload:
         raise SettingError("resolver", "set without operator")
+    _check_preload(security.resolver_preload)
+
+
+def _check_preload(preload: tuple[tuple[str, str], ...]) -> None:
+    """Preloaded account JWTs must decode (form, signature, an account JWT), or
+    the server does not start, as nats-server 2.9.10 ("invalid account JWT"); an
+    expired one, or one issued by a stranger, is refused when used, as there."""
+    from edge.auth.jwt import JwtError, decode
+
+    for key, token in preload:
+        try:
+            decode(token, "account", None)
+        except JwtError as exc:
+            raise SettingError(f"resolver_preload.{key}", f"invalid account JWT: {exc}") from None
 
 
 def find_export(exporter: AccountConfig, imp: ImportConfig, importer: str) -> ExportConfig | None:
