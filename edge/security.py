@@ -263,13 +263,7 @@ class Security:
         self.connections[account] = self.connections.get(account, 0) + 1
         client.identity = identity
         if claims is not None:
-            for problem in self.accounts.join_jwt_account(claims, self._account_claims):
-                log.warning(
-                    "account_import_refused",
-                    account=problem.account,
-                    subject=problem.subject,
-                    reason=problem.reason,
-                )
+            self._join(claims)
         client.router = self.accounts.router(account)
         subs = _lowest(
             client.session.max_subscriptions,
@@ -353,7 +347,25 @@ class Security:
         return False
 
     def router_for(self, account: str | None) -> Router:
-        return self.accounts.router(account or GLOBAL_ACCOUNT)
+        """The router of a local account (a leafnode remote's local_account); in
+        operator mode an account public key, whose JWT imports are made now."""
+        name = account or GLOBAL_ACCOUNT
+        if self.authenticator.operator is not None and name != GLOBAL_ACCOUNT:
+            claims = self._account_claims(name)
+            if claims is not None:
+                self._join(claims)
+            else:
+                log.warning("local_account_unknown", account=name)
+        return self.accounts.router(name)
+
+    def _join(self, claims: AccountClaims) -> None:
+        for problem in self.accounts.join_jwt_account(claims, self._account_claims):
+            log.warning(
+                "account_import_refused",
+                account=problem.account,
+                subject=problem.subject,
+                reason=problem.reason,
+            )
 
 
 def _authenticator(config: ServerConfig, resolver: Resolver | None) -> Authenticator:
