@@ -213,6 +213,9 @@ def account_routers(server: Server) -> dict[str, Router]:
 def _conn(c: ClientConnection, clock: Clock) -> ConnSnap:
     opts = c.session.options
     account, user = client_account(c)
+    if c.server.security is not None:
+        # A JWT user is shown by its public key, as nats-server shows it.
+        user = c.server.security.jwt_users.get(c.cid, user)
     return ConnSnap(
         c.cid,
         c.ip,

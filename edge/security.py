@@ -24,7 +24,7 @@ import trio
 from edge.accounts import Accounts
 from edge.auth.access import expires_at, refusal
 from edge.auth.authn import Authenticator, Identity, Resolver, cert_identities
-from edge.auth.jwt import AccountClaims, JwtError, read_user, verified_account
+from edge.auth.jwt import AccountClaims, JwtError, UserClaims, read_user, verified_account
 from edge.auth.permissions import (
     PublishCache,
     delivery_denied,
@@ -123,6 +123,7 @@ class Security:
         self.accounts = Accounts(server.router, sec.accounts)
         self.connections: dict[str, int] = {}
         self.expiries = Expiries()  # run by the server (Server.run's services)
+        self.jwt_users: dict[int, str] = {}  # cid -> the user JWT's public key
         # Whether any connection may carry permissions (then GuardedConnection).
         self.guarded = sec.operator is not None or any(not u.permissions.empty for u in sec.users)
 
@@ -210,21 +211,23 @@ class Security:
                 user=options.user or options.nkey or "",
             )
             raise errors.AUTH_VIOLATION
-        expires = None
+        user = None
         if identity.account_limits is not None and options.jwt:
-            expires = self._check_access(client, identity.account_limits, options.jwt)
+            user = self._check_access(client, identity.account_limits, options.jwt)
         accepted = client.session.accept(options, True)
         self._bind(client, identity)
-        if expires is not None:
-            self.expiries.add(client, expires)
+        if user is not None:
+            self.jwt_users[client.cid] = user.public_key  # /connz's authorized_user
+            expires = expires_at(user.expires, user.times, user.times_location, time.time())
+            if expires is not None:
+                self.expiries.add(client, expires)
         return accepted
 
     def _check_access(
         self, client: ClientConnection, account: AccountClaims, token: str
-    ) -> float | None:
+    ) -> UserClaims:
         """The user JWT's src, times and its account's revocations (its signature
-        and issuer were verified by the authenticator); when the connection must
-        close (its exp or the end of its time window), if ever."""
+        and issuer were verified by the authenticator)."""
         user = read_user(token)
         now = time.time()
         reason = refusal(
@@ -248,7 +251,7 @@ class Security:
                 reason=reason,
             )
             raise errors.AUTH_VIOLATION
-        return expires_at(user.expires, user.times, user.times_location, now)
+        return user
 
     def _bind(self, client: ClientConnection, identity: Identity) -> None:
         account = identity.account
@@ -304,6 +307,7 @@ class Security:
 
     def forget(self, client: ClientConnection) -> None:
         self.expiries.forget(client)
+        self.jwt_users.pop(client.cid, None)
         identity = client.identity
         if isinstance(identity, Identity):
             left = self.connections.get(identity.account, 1) - 1

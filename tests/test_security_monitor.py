@@ -180,7 +180,7 @@ def _operator_views(server: ServerProcess, op: Operator, files: dict[str, str]) 
             out[name]["exports"] = detail.get("exports")
             out[name]["imports"] = [i for i in detail.get("imports", []) if not _is_sys(i)]
             connz = get_json(f"{url}/connz?acc={key}&auth=1")["connections"]
-            out[f"connz {name}"] = [(c["name"], c["account"]) for c in connz]
+            out[f"connz {name}"] = [(c["name"], c["account"], c["authorized_user"]) for c in connz]
         out["unloaded"] = fetch(f"{url}/accountz?acc={op.accounts['C'].public_key}")[::2]
         await a.close()
         await b.close()
