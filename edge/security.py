@@ -24,7 +24,16 @@ import trio
 from edge.accounts import Accounts
 from edge.auth.access import expires_at, refusal
 from edge.auth.authn import Authenticator, Identity, Resolver, cert_identities
-from edge.auth.jwt import AccountClaims, JwtError, UserClaims, read_user, verified_account
+from edge.auth.jwt import (
+    AccountClaims,
+    JwtError,
+    UserClaims,
+    check_user_issuer,
+    read_user,
+    user_account_key,
+    verified_account,
+    verified_user,
+)
 from edge.auth.permissions import (
     PublishCache,
     delivery_denied,
@@ -204,11 +213,15 @@ class Security:
         else:
             identity = auth.authenticate(options, nonce, time.time(), names)
         if identity is None:
+            extra = {}
+            if auth.operator is not None:
+                extra["reason"] = self._jwt_refusal(options.jwt)
             log.warning(
                 "authorization_violation",
                 cid=client.cid,
                 ip=client.ip,
                 user=options.user or options.nkey or "",
+                **extra,
             )
             raise errors.AUTH_VIOLATION
         user = None
@@ -222,6 +235,25 @@ class Security:
             if expires is not None:
                 self.expiries.add(client, expires)
         return accepted
+
+    def _jwt_refusal(self, token: str | None) -> str:
+        """Why the authenticator refused a CONNECT in operator mode, for the log
+        (worked out again on the refusal path only; keys and reasons, no secret)."""
+        if not token:
+            return "no user JWT"
+        try:
+            user = verified_user(token, time.time())
+        except JwtError as exc:
+            return f"user JWT: {exc}"
+        key = user_account_key(user)
+        account = self._account_claims(key)
+        if account is None:
+            return f"account {key} unknown or its JWT invalid"
+        try:
+            check_user_issuer(user, account)
+        except JwtError as exc:
+            return str(exc)
+        return "the nonce's signature does not match the user's key"
 
     def _check_access(
         self, client: ClientConnection, account: AccountClaims, token: str

@@ -286,4 +286,8 @@ def test_jwt_imports_unusable_or_invalid(both: ServerFactory, tmp_path: Path) ->
 
     run(scenario())
     if not is_nats_server_command(server.argv(0)):
-        assert "account_import_refused" in server.log_tail(100_000)
+        log = server.log_tail(100_000)
+        assert "account_import_refused" in log
+        # The refusal of BAD's user says why: its account's JWT.
+        assert "account_jwt_refused" in log and "needs type stream/service" in log
+        assert f"account {op.accounts['BAD'].public_key} unknown or its JWT invalid" in log
