@@ -5,8 +5,11 @@ this (leafgate's own hardening)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,21 @@ def test_check_config_warns_about_group_readable_secrets(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert f"warning: {path} holds passwords or tokens" in done.stderr
     assert "mode 0640" in done.stderr
+
+
+@leafgate_only
+def test_group_readable_secrets_logged_on_reload(tmp_path: Path) -> None:
+    server = ServerProcess("leafgate", leafgate_command(), [], tmp_path, SECRET, ".toml")
+    assert server.config_path is not None
+    server.start()
+    try:
+        assert "config_file_readable_by_group" not in server.log_tail(20_000)  # 0600
+        server.config_path.chmod(0o640)
+        os.kill(server.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config_file_readable_by_group" not in server.log_tail(20_000):
+            assert time.monotonic() < deadline, server.log_tail(2000)
+            time.sleep(0.05)
+        assert server.running
+    finally:
+        server.stop()
