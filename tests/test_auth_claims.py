@@ -8,7 +8,7 @@ import calendar
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from edge.accounts import Accounts, JoinProblem, inverse, plain, remap
@@ -306,3 +306,46 @@ def test_preloaded_account_jwts_must_decode() -> None:
             parse_security({**raw, "resolver_preload": {EXPORTER.public_key(): token}})
         assert err.value.key == f"resolver_preload.{EXPORTER.public_key()}"
         assert "invalid account JWT" in err.value.reason
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_FIELDS = st.sampled_from(
+    ["type", "subject", "account", "local_subject", "to", "response_type", "token_req", "name"]
+)
+
+
+@given(
+    st.lists(st.dictionaries(_FIELDS, _JSON, max_size=6) | _JSON, max_size=4),
+    st.lists(st.dictionaries(_FIELDS, _JSON, max_size=6) | _JSON, max_size=4),
+    _JSON,
+)
+@example([], [], {"*": float("inf"), "UA": -float("inf"), "UB": 1e300})
+def test_hostile_account_claims_are_refused_or_read(
+    exports: list[object], imports: list[object], revocations: object
+) -> None:
+    """Any JSON in exports, imports and revocations: claims or a JwtError, nothing else."""
+    claims = {
+        "sub": EXPORTER.public_key(),
+        "iss": OPERATOR.public_key(),
+        "nats": {"exports": exports, "imports": imports, "revocations": revocations},
+    }
+    try:
+        read = natsjwt.account_claims(claims)
+    except natsjwt.JwtError:
+        return
+    accounts = Accounts(Router(), ())
+    accounts.join_jwt_account(read, lambda key: read)
+
+
+@given(st.text(max_size=40))
+def test_any_times_location_is_a_zone_or_refused(location: str) -> None:
+    assert access.time_allowed((("00:00:00", "23:59:59"),), location, _at("12:00:00")) in (
+        True,
+        False,
+    )

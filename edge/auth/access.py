@@ -81,7 +81,7 @@ def zone(location: str) -> dt.tzinfo | None:
         return dt.UTC if location == "UTC" else zone("")
     try:
         return ZoneInfo(location)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return None
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -274,10 +275,14 @@ def account_claims(claims: dict[str, Any]) -> AccountClaims:
 def _revocations(value: object) -> tuple[tuple[str, int], ...]:
     if not isinstance(value, dict):
         return ()
+    # JSON may hold Infinity (Python's json reads it): not a time, left out.
     return tuple(
         (k, int(v))
         for k, v in value.items()
-        if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        if isinstance(k, str)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
     )
 
 
