@@ -386,7 +386,8 @@ class Security:
         """The router of a local account (a leafnode remote's local_account); in
         operator mode an account public key, whose JWT imports are made now."""
         name = account or GLOBAL_ACCOUNT
-        if self.authenticator.operator is not None and name != GLOBAL_ACCOUNT:
+        joined = name in self.accounts.jwt_claims
+        if self.authenticator.operator is not None and name != GLOBAL_ACCOUNT and not joined:
             claims = self._account_claims(name)
             if claims is not None:
                 self._join(claims)
