@@ -121,6 +121,18 @@ class _Internal:
 
     def __init__(self) -> None:
         self.out = bytearray()
+        self.subscriptions: list[tuple[Router, Subscription]] = []
+
+    def _subscribe(self, router: Router, sub: Subscription) -> Subscription:
+        router.subscribe(sub)
+        self.subscriptions.append((router, sub))
+        return sub
+
+    def close(self) -> None:
+        """Undo the import: its subscriptions leave their routers."""
+        for router, sub in self.subscriptions:
+            router.unsubscribe(sub)
+        self.subscriptions.clear()
 
     def appended(self, sub: Subscription) -> None:
         self.out.clear()
@@ -146,8 +158,7 @@ class StreamImport(_Internal):
         self.importer = importer
         self.subject = imp.subject
         self.to = imp.to or imp.subject  # may hold $N references
-        self.sub = Subscription(self, imp.subject, None, b"import")
-        exporter.subscribe(self.sub)
+        self.sub = self._subscribe(exporter, Subscription(self, imp.subject, None, b"import"))
 
     def deliver(
         self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
@@ -169,7 +180,7 @@ class _Responses(_Internal):
         self.prefix = b"_R_." + secrets.token_hex(6).encode() + b"."
         self.pending: dict[bytes, tuple[bytes, float]] = {}
         self._next = itertools.count(1)
-        exporter.subscribe(Subscription(self, self.prefix + b">", None, b"responses"))
+        self._subscribe(exporter, Subscription(self, self.prefix + b">", None, b"responses"))
 
     def route(self, reply: bytes) -> bytes:
         now = self.clock()
@@ -206,8 +217,13 @@ class ServiceImport(_Internal):
         self.local_subject = plain(local)
         self.subject = inverse(imp.subject, local)
         self.responses = _Responses(exporter, importer, clock, many)
-        self.sub = Subscription(self, self.local_subject, None, b"service")
-        importer.subscribe(self.sub)
+        self.sub = self._subscribe(
+            importer, Subscription(self, self.local_subject, None, b"service")
+        )
+
+    def close(self) -> None:
+        super().close()
+        self.responses.close()
 
     def deliver(
         self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
@@ -241,6 +257,7 @@ class Accounts:
         for account in accounts:
             self.routers[account.name] = Router()
         self.bridges: list[_Internal] = []
+        self._made: dict[str, list[_Internal]] = {}  # importing account -> its bridges
         # (importing account, import): the subscriptions /subsz lists, as nats-server does.
         self.service_imports: list[tuple[str, ServiceImport]] = []
         self.jwt_claims: dict[str, AccountClaims] = {}  # operator-mode accounts joined
@@ -255,13 +272,23 @@ class Accounts:
         self, account: str, imp: ImportConfig, exporter: Router, export: ExportConfig | None
     ) -> None:
         importer = self.router(account)
+        bridge: _Internal
         if imp.kind == "stream":
-            self.bridges.append(StreamImport(exporter, importer, imp))
+            bridge = StreamImport(exporter, importer, imp)
         else:
             many = export is not None and export.response_type != "singleton"
-            service = ServiceImport(exporter, importer, imp, self.clock, many)
-            self.bridges.append(service)
+            bridge = service = ServiceImport(exporter, importer, imp, self.clock, many)
             self.service_imports.append((account, service))
+        self.bridges.append(bridge)
+        self._made.setdefault(account, []).append(bridge)
+
+    def _unjoin(self, account: str) -> None:
+        """Undo the imports made for ``account`` (its JWT changed)."""
+        made = self._made.pop(account, [])
+        for bridge in made:
+            bridge.close()
+        self.bridges = [b for b in self.bridges if b not in made]
+        self.service_imports = [(a, s) for a, s in self.service_imports if s not in made]
 
     def router(self, name: str) -> Router:
         """The router of account ``name`` (operator-mode accounts are made on first use)."""
@@ -273,13 +300,17 @@ class Accounts:
     def join_jwt_account(
         self, claims: AccountClaims, lookup: Callable[[str], AccountClaims | None]
     ) -> list[JoinProblem]:
-        """Make the imports of operator-mode account ``claims`` (once, at its first
-        client): each must name an account ``lookup`` knows whose JWT exports a
+        """Make the imports of operator-mode account ``claims`` (at its first
+        client, and again when its JWT changed, e.g. a new file in a directory
+        resolver): each must name an account ``lookup`` knows whose JWT exports a
         covering subject. Exports needing an activation token are not supported
         (leafgate does not verify activation tokens): their imports are refused."""
         key = claims.public_key
-        if key in self.jwt_claims:
+        known = self.jwt_claims.get(key)
+        if known is claims or known == claims:
             return []
+        if known is not None:
+            self._unjoin(key)
         self.jwt_claims[key] = claims
         self.router(key)
         problems = [JoinProblem(key, "", reason) for reason in claims.dropped]

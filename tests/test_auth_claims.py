@@ -349,3 +349,22 @@ def test_any_times_location_is_a_zone_or_refused(location: str) -> None:
         True,
         False,
     )
+
+
+def test_rejoin_when_the_account_jwt_changes() -> None:
+    a = EXPORTER.public_key()
+    exporter = _claims(EXPORTER, exports=[{"subject": ">", "type": "service"}])
+    first = _claims(IMPORTER, imports=[{"subject": "one", "account": a, "type": "service"}])
+    second = _claims(IMPORTER, imports=[{"subject": "two", "account": a, "type": "service"}])
+    accounts = Accounts(Router(), ())
+    lookup = {a: exporter}.get
+    assert accounts.join_jwt_account(first, lookup) == []
+    importer = accounts.router(IMPORTER.public_key())
+    assert importer.sublist.has_interest(b"one")
+    assert accounts.join_jwt_account(first, lookup) == []  # the same claims: nothing to do
+    assert accounts.join_jwt_account(second, lookup) == []
+    assert not importer.sublist.has_interest(b"one")
+    assert importer.sublist.has_interest(b"two")
+    assert len(accounts.bridges) == len(accounts.service_imports) == 1
+    # The old import's responses subscription left the exporter's router too.
+    assert len(accounts.router(a).sublist) == 1

@@ -27,6 +27,7 @@ from tests.aio import connect, run, settle
 from tests.conftest import ServerFactory
 from tests.harness import RawClient, ServerProcess, is_nats_server_command
 from tests.jwtgen import UNLIMITED_USER, Account, Operator, decode_claims, encode_jwt
+from tests.marks import leafgate_only
 from tests.test_security_clients import _operator_config, _refused, _round_trip, _write
 
 
@@ -291,3 +292,47 @@ def test_jwt_imports_unusable_or_invalid(both: ServerFactory, tmp_path: Path) ->
         # The refusal of BAD's user says why: its account's JWT.
         assert "account_jwt_refused" in log and "needs type stream/service" in log
         assert f"account {op.accounts['BAD'].public_key} unknown or its JWT invalid" in log
+
+
+@leafgate_only
+def test_dir_resolver_account_update_remakes_imports(
+    leafgate_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A new account JWT file takes effect at the account's next CONNECT, imports
+    included. (nats-server's directory resolver learns updates from its system
+    account's claim-update messages, not from the files: not compared.)"""
+    op = Operator.create("A", "B")
+    a_key, b_key = op.accounts["A"].public_key, op.accounts["B"].public_key
+    op.set_claims("A", exports=[{"subject": "time", "type": "service"}])
+    jwts = tmp_path / "jwt"
+    jwts.mkdir()
+    for account in (op.system, *op.accounts.values()):
+        (jwts / f"{account.public_key}.jwt").write_text(account.jwt)
+    server = leafgate_factory(
+        config_text=(
+            f'operator = "{op.jwt}"\nsystem_account = "{op.system.public_key}"\n'
+            f'resolver = {{ type = "dir", dir = "{jwts}" }}\n'
+        )
+    )
+    files = {name: _creds(op, tmp_path, name) for name in ("A", "B")}
+
+    async def scenario() -> None:
+        a = await connect(server.url, user_credentials=files["A"])
+        await a.subscribe("time", cb=_answer)
+        await settle(a)
+        b = await connect(server.url, user_credentials=files["B"])
+        await _no_reply(b, "a.time")
+        op.set_claims(
+            "B",
+            imports=[
+                {"subject": "time", "account": a_key, "local_subject": "a.time", "type": "service"}
+            ],
+        )
+        (jwts / f"{b_key}.jwt").write_text(op.accounts["B"].jwt)
+        b2 = await connect(server.url, user_credentials=files["B"])
+        assert (await b2.request("a.time", b"2", timeout=5)).data == b"time <- 2"
+        assert (await b.request("a.time", b"1", timeout=5)).data == b"time <- 1"
+        for nc in (a, b, b2):
+            await nc.close()
+
+    run(scenario())
