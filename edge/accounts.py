@@ -25,8 +25,17 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from edge.auth.settings import GLOBAL_ACCOUNT, AccountConfig, ImportConfig
+from edge.auth.jwt import AccountClaims
+from edge.auth.settings import (
+    GLOBAL_ACCOUNT,
+    AccountConfig,
+    ExportConfig,
+    ImportConfig,
+    find_export,
+    matching_export,
+)
 from edge.proto.errors import CloseReason
 from edge.router import Router, Subscription
 
@@ -35,9 +44,28 @@ RESPONSES_MAX = 10_000
 RESPONSE_TTL = 120.0
 
 
+def _ref(token: bytes) -> int | None:
+    """N of a ``$N`` (or ``{{wildcard(N)}}``) wildcard reference, else None."""
+    if token.startswith(b"$") and token[1:].isdigit():
+        return int(token[1:])
+    if token.startswith(b"{{") and token.endswith(b"}}"):
+        inner = token[2:-2].replace(b" ", b"")
+        if inner.startswith(b"wildcard(") and inner.endswith(b")") and inner[9:-1].isdigit():
+            return int(inner[9:-1])
+    return None
+
+
+def plain(subject: bytes) -> bytes:
+    """``subject`` with its wildcard references as the ``*`` they stand for."""
+    if b"$" not in subject and b"{" not in subject:
+        return subject
+    return b".".join(b"*" if _ref(t) is not None else t for t in subject.split(b"."))
+
+
 def remap(pattern: bytes, to: bytes, subject: bytes) -> bytes:
     """``subject`` (matched by ``pattern``) in the importer's space ``to``: the
-    tokens under ``pattern``'s wildcards go to ``to``'s wildcards, in order."""
+    tokens under ``pattern``'s wildcards go to ``to``'s wildcards, in order, or to
+    the ``$N`` references that name them."""
     if pattern == to:
         return subject
     ptoks = pattern.split(b".")
@@ -51,7 +79,32 @@ def remap(pattern: bytes, to: bytes, subject: bytes) -> bytes:
     out: list[bytes] = []
     it = iter(captured)
     for tok in to.split(b"."):
-        out.append(next(it, tok) if tok in (b"*", b">") else tok)
+        n = _ref(tok)
+        if n is not None:
+            out.append(captured[n - 1] if 0 < n <= len(captured) else tok)
+        else:
+            out.append(next(it, tok) if tok in (b"*", b">") else tok)
+    return b".".join(out)
+
+
+def inverse(remote: bytes, local: bytes) -> bytes:
+    """The remote pattern whose wildcards are references to the wildcards of
+    ``plain(local)`` carrying them: maps a subject of the importer's space back
+    to the exporter's when ``local`` reorders them with ``$N``."""
+    lwild = [t for t in local.split(b".") if t in (b"*", b">") or _ref(t) is not None]
+    refs = [_ref(t) for t in lwild]
+    if not any(r is not None for r in refs):
+        return remote
+    free = iter(j for j, r in enumerate(refs, 1) if r is None)
+    out: list[bytes] = []
+    k = 0
+    for tok in remote.split(b"."):
+        if tok not in (b"*", b">"):
+            out.append(tok)
+            continue
+        k += 1
+        j = next((j for j, r in enumerate(refs, 1) if r == k), None) or next(free, None)
+        out.append(b"$%d" % j if j is not None else tok)
     return b".".join(out)
 
 
@@ -68,6 +121,18 @@ class _Internal:
 
     def __init__(self) -> None:
         self.out = bytearray()
+        self.subscriptions: list[tuple[Router, Subscription]] = []
+
+    def _subscribe(self, router: Router, sub: Subscription) -> Subscription:
+        router.subscribe(sub)
+        self.subscriptions.append((router, sub))
+        return sub
+
+    def close(self) -> None:
+        """Undo the import: its subscriptions leave their routers."""
+        for router, sub in self.subscriptions:
+            router.unsubscribe(sub)
+        self.subscriptions.clear()
 
     def appended(self, sub: Subscription) -> None:
         self.out.clear()
@@ -92,9 +157,8 @@ class StreamImport(_Internal):
         super().__init__()
         self.importer = importer
         self.subject = imp.subject
-        self.to = imp.to or imp.subject
-        self.sub = Subscription(self, imp.subject, None, b"import")
-        exporter.subscribe(self.sub)
+        self.to = imp.to or imp.subject  # may hold $N references
+        self.sub = self._subscribe(exporter, Subscription(self, imp.subject, None, b"import"))
 
     def deliver(
         self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
@@ -103,16 +167,20 @@ class StreamImport(_Internal):
 
 
 class _Responses(_Internal):
-    """Answers in the exporter's space, sent back to the requesters' replies."""
+    """Answers in the exporter's space, sent back to the requesters' replies
+    (the first only, unless the export's responses are a stream)."""
 
-    def __init__(self, exporter: Router, importer: Router, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, exporter: Router, importer: Router, clock: Callable[[], float], many: bool
+    ) -> None:
         super().__init__()
         self.importer = importer
         self.clock = clock
+        self.many = many
         self.prefix = b"_R_." + secrets.token_hex(6).encode() + b"."
         self.pending: dict[bytes, tuple[bytes, float]] = {}
         self._next = itertools.count(1)
-        exporter.subscribe(Subscription(self, self.prefix + b">", None, b"responses"))
+        self._subscribe(exporter, Subscription(self, self.prefix + b">", None, b"responses"))
 
     def route(self, reply: bytes) -> bytes:
         now = self.clock()
@@ -129,21 +197,33 @@ class _Responses(_Internal):
     def deliver(
         self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
     ) -> None:
-        entry = self.pending.pop(subject, None)
+        entry = self.pending.get(subject) if self.many else self.pending.pop(subject, None)
         if entry is not None and entry[1] > self.clock():
             self._relay(self.importer, entry[0], reply, hdr, data)
 
 
 class ServiceImport(_Internal):
     def __init__(
-        self, exporter: Router, importer: Router, imp: ImportConfig, clock: Callable[[], float]
+        self,
+        exporter: Router,
+        importer: Router,
+        imp: ImportConfig,
+        clock: Callable[[], float],
+        many: bool = False,
     ) -> None:
         super().__init__()
         self.exporter = exporter
-        self.subject = imp.subject
-        self.local_subject = imp.to or imp.subject
-        self.responses = _Responses(exporter, importer, clock)
-        importer.subscribe(Subscription(self, self.local_subject, None, b"service"))
+        local = imp.to or imp.subject
+        self.local_subject = plain(local)
+        self.subject = inverse(imp.subject, local)
+        self.responses = _Responses(exporter, importer, clock, many)
+        self.sub = self._subscribe(
+            importer, Subscription(self, self.local_subject, None, b"service")
+        )
+
+    def close(self) -> None:
+        super().close()
+        self.responses.close()
 
     def deliver(
         self, sub: Subscription, subject: bytes, reply: bytes, hdr: int, data: bytes
@@ -151,6 +231,15 @@ class ServiceImport(_Internal):
         mapped_reply = self.responses.route(reply) if reply else b""
         target = remap(self.local_subject, self.subject, subject)
         self._relay(self.exporter, target, mapped_reply, hdr, data)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinProblem:
+    """An import of an operator-mode account that was not made, and why."""
+
+    account: str
+    subject: str
+    reason: str
 
 
 class Accounts:
@@ -164,17 +253,42 @@ class Accounts:
     ) -> None:
         self.routers: dict[str, Router] = {GLOBAL_ACCOUNT: global_router}
         self.limits: dict[str, AccountConfig] = {a.name: a for a in accounts}
+        self.clock = clock
         for account in accounts:
             self.routers[account.name] = Router()
         self.bridges: list[_Internal] = []
+        self._made: dict[str, list[_Internal]] = {}  # importing account -> its bridges
+        # (importing account, import): the subscriptions /subsz lists, as nats-server does.
+        self.service_imports: list[tuple[str, ServiceImport]] = []
+        self.jwt_claims: dict[str, AccountClaims] = {}  # operator-mode accounts joined
+        self.exporters: dict[str, AccountClaims] = {}  # and those they import from
+        by_name = {a.name: a for a in accounts}
         for account in accounts:
-            importer = self.routers[account.name]
             for imp in account.imports:
-                exporter = self.routers[imp.account]
-                if imp.kind == "stream":
-                    self.bridges.append(StreamImport(exporter, importer, imp))
-                else:
-                    self.bridges.append(ServiceImport(exporter, importer, imp, clock))
+                export = find_export(by_name[imp.account], imp, account.name)
+                self._join(account.name, imp, self.routers[imp.account], export)
+
+    def _join(
+        self, account: str, imp: ImportConfig, exporter: Router, export: ExportConfig | None
+    ) -> None:
+        importer = self.router(account)
+        bridge: _Internal
+        if imp.kind == "stream":
+            bridge = StreamImport(exporter, importer, imp)
+        else:
+            many = export is not None and export.response_type != "singleton"
+            bridge = service = ServiceImport(exporter, importer, imp, self.clock, many)
+            self.service_imports.append((account, service))
+        self.bridges.append(bridge)
+        self._made.setdefault(account, []).append(bridge)
+
+    def _unjoin(self, account: str) -> None:
+        """Undo the imports made for ``account`` (its JWT changed)."""
+        made = self._made.pop(account, [])
+        for bridge in made:
+            bridge.close()
+        self.bridges = [b for b in self.bridges if b not in made]
+        self.service_imports = [(a, s) for a, s in self.service_imports if s not in made]
 
     def router(self, name: str) -> Router:
         """The router of account ``name`` (operator-mode accounts are made on first use)."""
@@ -182,3 +296,40 @@ class Accounts:
         if router is None:
             router = self.routers[name] = Router()
         return router
+
+    def join_jwt_account(
+        self, claims: AccountClaims, lookup: Callable[[str], AccountClaims | None]
+    ) -> list[JoinProblem]:
+        """Make the imports of operator-mode account ``claims`` (at its first
+        client, and again when its JWT changed, e.g. a new file in a directory
+        resolver): each must name an account ``lookup`` knows whose JWT exports a
+        covering subject. Exports needing an activation token are not supported
+        (leafgate does not verify activation tokens): their imports are refused."""
+        key = claims.public_key
+        known = self.jwt_claims.get(key)
+        if known is claims or known == claims:
+            return []
+        if known is not None:
+            self._unjoin(key)
+        self.jwt_claims[key] = claims
+        self.router(key)
+        problems = [JoinProblem(key, "", reason) for reason in claims.dropped]
+        for imp in claims.imports:
+            subject = imp.subject.decode()
+            exporter = lookup(imp.account) if imp.account != key else None
+            if exporter is None:
+                problems.append(JoinProblem(key, subject, f"no usable account {imp.account}"))
+                continue
+            export = matching_export(exporter.exports, imp, key)
+            if export is None:
+                problems.append(
+                    JoinProblem(key, subject, f"account {imp.account} exports no {imp.kind} for it")
+                )
+            elif export.token_required:
+                problems.append(
+                    JoinProblem(key, subject, "export needs an activation token (not supported)")
+                )
+            else:
+                self.exporters[imp.account] = exporter
+                self._join(key, imp, self.router(imp.account), export)
+        return problems

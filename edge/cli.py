@@ -32,6 +32,7 @@ from edge.config import (
     parse_leaf_url,
     parse_size,
 )
+from edge.config_load import group_readable_secrets
 
 PROG = "leafgate"
 
@@ -582,6 +583,13 @@ def _describe_remote(remote: RemoteConfig) -> str:
 
 
 def _print_valid(config: ServerConfig) -> None:
+    mode = group_readable_secrets(config)
+    if mode is not None:
+        print(
+            f"{PROG}: warning: {config.config_file} holds passwords or tokens and its "
+            f"group may read it (mode {mode:04o}); chmod 600 keeps them to its owner",
+            file=sys.stderr,
+        )
     if config.config_file:
         print(f"{PROG}: configuration file {config.config_file} is valid")
     else:
@@ -595,6 +603,21 @@ def _error(message: str) -> int:
     return 1
 
 
+def _warn_exposed(config: ServerConfig) -> ServerConfig:
+    """Log a config file with passwords or tokens that its group may read."""
+    mode = group_readable_secrets(config)
+    if mode is not None:
+        from edge import log
+
+        log.get_logger("edge.config").warning(
+            "config_file_readable_by_group",
+            file=config.config_file,
+            mode=f"{mode:04o}",
+            hint="it holds passwords or tokens; chmod 600 keeps them to its owner",
+        )
+    return config
+
+
 def _serve(config: ServerConfig, reload: Callable[[], ServerConfig] | None = None) -> int:
     import trio
 
@@ -605,6 +628,7 @@ def _serve(config: ServerConfig, reload: Callable[[], ServerConfig] | None = Non
         log.configure(config.log)
     except OSError as exc:
         return _error(f"cannot open log file {config.log.logfile}: {exc.strerror or exc}")
+    _warn_exposed(config)
     try:
         return trio.run(serve, config, reload)
     except KeyboardInterrupt:
@@ -620,7 +644,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
     if args.test_config:
         _print_valid(config)
         return 0
-    return _serve(config, lambda: build_config(args))
+    return _serve(config, lambda: _warn_exposed(build_config(args)))
 
 
 def _cmd_check_config(argv: Sequence[str]) -> int:

@@ -40,6 +40,18 @@ from edge.config_values import parse_leaf_url as parse_leaf_url
 from edge.config_values import parse_size as parse_size
 from edge.subjects import is_valid_subject
 
+
+def is_account_key(text: str) -> bool:
+    """Whether ``text`` is an account public nkey (an operator-mode account's name)."""
+    from edge.nkeys import PREFIX_ACCOUNT, NkeyError, public_key_bytes
+
+    try:
+        public_key_bytes(text, PREFIX_ACCOUNT)
+    except NkeyError:
+        return False
+    return True
+
+
 if TYPE_CHECKING:
     from edge.config_load import config_from_dict as config_from_dict
     from edge.config_load import load_config as load_config
@@ -431,7 +443,9 @@ def _validate_security(config: ServerConfig) -> None:
         raise _fail("resolver.dir", f"{_quote(security.resolver_dir)} is not a directory")
     for i, remote in enumerate(config.leafnodes.remotes):
         local = remote.local_account
-        if local is not None and local not in security.account_names():
+        # In operator mode accounts are JWTs: a local account is a public key.
+        jwt_account = security.operator is not None and local is not None and is_account_key(local)
+        if local is not None and local not in security.account_names() and not jwt_account:
             raise _fail(
                 f"leafnodes.remotes[{i}].local_account", f"account {local!r} is not defined"
             )

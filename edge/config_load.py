@@ -410,6 +410,23 @@ def load_config(path: str) -> ServerConfig:
     return config
 
 
+def group_readable_secrets(config: ServerConfig) -> int | None:
+    """The mode of ``config``'s file when it holds client passwords or tokens and
+    its group may read it (to be warned about; readable by all is refused), else None."""
+    import os
+    import stat
+
+    auth = config.auth
+    path = config.config_file
+    if not path or not holds_client_secrets(config.security, auth.password, auth.token):
+        return None
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return mode if mode & stat.S_IRGRP else None
+
+
 def _check_secret_file(path: str, config: ServerConfig) -> None:
     """A file holding client passwords or tokens must not be readable by everyone."""
     import os

@@ -204,6 +204,8 @@ class Monitor:
         if query.subs:
             page = snap.with_subs(self.server, page)
         server_id = self.server.server_id
+        if query.acc and query.acc not in snap.account_routers(self.server):
+            server_id = ""  # nats-server's answer for an unknown account: empty, no id
         return await self._json(
             lambda: mj.connz(server_id, clock.wall_ns, total, page, query), len(page)
         )
@@ -211,8 +213,8 @@ class Monitor:
     async def _subsz(self, params: mj.Params) -> Reply:
         query = mj.SubszQuery.parse(params)
         now = snap.Clock.now().wall_ns
-        subs = snap.all_subs(self.server) if query.subs else []
-        stats = snap.sublist_snap(self.server)
+        subs = snap.all_subs(self.server, query.acc) if query.subs else []
+        stats = snap.sublist_snap(self.server, query.acc)
         server_id = self.server.server_id
         return await self._json(
             lambda: mj.subsz(server_id, now, stats, subs, query), min(len(subs), query.limit)
@@ -228,13 +230,14 @@ class Monitor:
 
     async def _accountz(self, params: mj.Params) -> Reply:
         server = self.server
+        security = server.security
         body = mj.accountz(
             server.server_id,
             snap.Clock.now().wall_ns,
+            self.start_ns,
             params.get("acc", ""),
-            len(server.clients),
-            sum(1 for link in server.uplinks if link.up),
-            len(server.router.sublist),
+            snap.account_snaps(server),
+            security.settings.system_account if security is not None else None,
         )
         return await self._json(lambda: body)
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from edge.auth.settings import ExportConfig, ImportConfig
 from edge.subjects import is_valid_publish_subject, matches
 
 __all__ = [
@@ -313,6 +314,7 @@ class SubSnap(NamedTuple):
     msgs: int
     max: int
     cid: int
+    account: str = GLOBAL_ACCOUNT
 
 
 class ConnSnap(NamedTuple):
@@ -330,6 +332,8 @@ class ConnSnap(NamedTuple):
     lang: str = ""
     version: str = ""
     subs: tuple[SubSnap, ...] = ()
+    account: str = GLOBAL_ACCOUNT
+    user: str = ""  # the authenticated user's name, nkey or JWT key ("" for tokens)
 
 
 # Sort keys leafgate's data allows; cid and start sort ascending, uptime from the
@@ -362,6 +366,8 @@ class ConnzQuery:
     offset: int = 0
     limit: int = DEFAULT_LIST_SIZE
     cid: int = 0
+    auth: bool = False
+    acc: str = ""
 
     @classmethod
     def parse(cls, params: Params) -> ConnzQuery:
@@ -369,7 +375,7 @@ class ConnzQuery:
         sort = params.get("sort", "") or "cid"
         detail = params.get("subs", "").lower() == "detail"
         subs = detail or parse_bool(params, "subs")
-        parse_bool(params, "auth")  # accepted; there are no users to show
+        auth = parse_bool(params, "auth")
         offset, limit = _list_window(params)
         cid = parse_uint(params, "cid")
         _check_state(params.get("state", ""))
@@ -379,7 +385,8 @@ class ConnzQuery:
             raise QueryError(f"sort by {sort} is not supported: {_UNTRACKED_SORTS[sort]}")
         if sort not in _SORTS:
             raise QueryError(f"invalid sorting option: {sort}")
-        return cls(sort, subs, detail, offset, 1 if cid else limit, cid)
+        limit = 1 if cid else limit
+        return cls(sort, subs, detail, offset, limit, cid, auth, params.get("acc", ""))
 
 
 def _check_state(state: str) -> None:
@@ -392,7 +399,10 @@ def _check_state(state: str) -> None:
 
 
 def page_conns(conns: Sequence[ConnSnap], q: ConnzQuery) -> tuple[int, list[ConnSnap]]:
-    """(total, the requested page): filtered by cid, sorted, offset and limit applied."""
+    """(total, the requested page): filtered by cid and account, sorted, offset and
+    limit applied."""
+    if q.acc:
+        conns = [c for c in conns if c.account == q.acc]
     if q.cid:
         chosen = [c for c in conns if c.cid == q.cid]
         return len(chosen), chosen
@@ -408,7 +418,8 @@ def connz(server_id: str, now_ns: int, total: int, page: Sequence[ConnSnap], q: 
         "total": total,
         "offset": q.offset,
         "limit": q.limit,
-        "connections": [_conn_info(c, now_ns, q) for c in page],
+        # None (null) when an unknown account was asked for, as nats-server answers.
+        "connections": [_conn_info(c, now_ns, q) for c in page] if server_id else None,
     }
 
 
@@ -434,6 +445,13 @@ def _conn_info(c: ConnSnap, now_ns: int, q: ConnzQuery) -> Body:
         value = getattr(c, key)
         if value:
             info[key] = value
+    if q.auth:
+        # nats-server names the global account nowhere; it would show a token
+        # here, leafgate does not (c.user is "" for token logins).
+        if c.user:
+            info["authorized_user"] = c.user
+        if c.account != GLOBAL_ACCOUNT:
+            info["account"] = c.account
     if c.subs and q.detail:
         info["subscriptions_list_detail"] = [_sub_detail(s) for s in c.subs]
     elif c.subs and q.subs:
@@ -473,6 +491,7 @@ class SubszQuery:
     offset: int = 0
     limit: int = DEFAULT_LIST_SIZE
     test: str = ""
+    acc: str = ""
 
     @classmethod
     def parse(cls, params: Params) -> SubszQuery:
@@ -481,7 +500,7 @@ class SubszQuery:
         test = params.get("test", "")
         if test and not is_valid_publish_subject(test.encode()):
             raise QueryError(f"invalid test subject, must be valid publish subject: {test}")
-        return cls(subs, offset, limit, test)
+        return cls(subs, offset, limit, test, params.get("acc", ""))
 
 
 def subsz(
@@ -513,7 +532,7 @@ def subsz(
         body["total"] = len(chosen)
         page = chosen[q.offset : q.offset + q.limit]
         if page:
-            body["subscriptions_list"] = [_sub_detail(s, GLOBAL_ACCOUNT) for s in page]
+            body["subscriptions_list"] = [_sub_detail(s, s.account) for s in page]
     return body
 
 
@@ -524,23 +543,94 @@ def _sub_matches(sub: SubSnap, subject: str) -> bool:
 # ---- /accountz ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class AccountSnap:
+    name: str
+    clients: int
+    leafs: int
+    stats: SublistSnap
+    exports: tuple[ExportConfig, ...] = ()
+    imports: tuple[ImportConfig, ...] = ()
+    issuer: str = ""  # operator mode: who signed the account JWT, and its name
+    name_tag: str = ""
+
+
 def accountz(
-    server_id: str, now_ns: int, acc: str, clients: int, leafs: int, subscriptions: int
+    server_id: str,
+    now_ns: int,
+    start_ns: int,
+    acc: str,
+    accounts: Sequence[AccountSnap],
+    system_account: str | None,
 ) -> Body:
-    """One account, ``$G`` (leafgate has no accounts yet, and no system account)."""
+    """nats-server's /accountz: the names of the accounts, or ``?acc=NAME``'s detail.
+    leafgate has no system account of its own (``system_account`` only when one is
+    configured), so its accounts lack the system imports nats-server lists."""
     body: Body = {"server_id": server_id, "now": rfc3339(now_ns)}
+    if system_account:
+        body["system_account"] = system_account
     if not acc:
-        body["accounts"] = [GLOBAL_ACCOUNT]
+        body["accounts"] = [a.name for a in accounts]
         return body
-    if acc != GLOBAL_ACCOUNT:
+    account = next((a for a in accounts if a.name == acc), None)
+    if account is None:
         raise QueryError(f"Account {acc} does not exist")
-    body["account_detail"] = {
-        "account_name": GLOBAL_ACCOUNT,
+    detail: Body = {
+        "account_name": account.name,
+        "update_time": rfc3339(start_ns),
         "expired": False,
         "complete": True,
         "jetstream_enabled": False,
-        "leafnode_connections": leafs,
-        "client_connections": clients,
-        "subscriptions": subscriptions,
+        "leafnode_connections": account.leafs,
+        "client_connections": account.clients,
+        "subscriptions": account.stats.count,
     }
+    if account.exports:
+        # Services first, then streams, as nats-server lists them.
+        ordered = sorted(account.exports, key=lambda e: e.kind != "service")
+        detail["exports"] = [_export(e) for e in ordered]
+    if account.imports:
+        detail["imports"] = [_import(i) for i in account.imports]
+    if account.issuer:
+        detail["issuer_key"] = account.issuer
+        detail["name_tag"] = account.name_tag
+    detail["sublist_stats"] = _sublist_stats(account.stats)
+    body["account_detail"] = detail
     return body
+
+
+def _export(export: ExportConfig) -> Body:
+    out: Body = {"subject": export.subject.decode(), "type": export.kind}
+    if export.kind == "service":
+        out["response_type"] = export.response_type.capitalize()
+    if export.accounts is not None:
+        out["approved_accounts"] = list(export.accounts)
+    if export.token_required:
+        out["token_req"] = True
+    return out
+
+
+def _import(imp: ImportConfig) -> Body:
+    """As nats-server shows them: a stream by the exporter's subject and its
+    ``local_subject``; a service by the importer's subject and its ``to``."""
+    local = (imp.to or imp.subject).decode()
+    out: Body
+    if imp.kind == "stream":
+        out = {"subject": imp.subject.decode(), "account": imp.account, "local_subject": local}
+    else:
+        out = {"subject": local, "account": imp.account, "to": imp.subject.decode()}
+    out.update(type=imp.kind, invalid=False, share=False, tracking=False)
+    return out
+
+
+def _sublist_stats(stats: SublistSnap) -> Body:
+    return {
+        "num_subscriptions": stats.count,
+        "num_cache": stats.cache_size,
+        "num_inserts": stats.inserts,
+        "num_removes": stats.removes,
+        "num_matches": stats.matches,
+        "cache_hit_rate": stats.cache_hits / stats.matches if stats.matches else 0.0,
+        "max_fanout": 0,
+        "avg_fanout": 0.0,
+    }

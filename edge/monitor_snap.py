@@ -22,14 +22,23 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from edge.auth.settings import GLOBAL_ACCOUNT, ExportConfig, ImportConfig
 from edge.config import parse_leaf_url
 from edge.monitor_edge import ForwarderSnap, HealthSnap, LinkSnap, StoreSnap
-from edge.monitor_json import ConnSnap, RemoteSnap, SublistSnap, SubSnap, VarzSnap
+from edge.monitor_json import (
+    AccountSnap,
+    ConnSnap,
+    RemoteSnap,
+    SublistSnap,
+    SubSnap,
+    VarzSnap,
+)
 from edge.server import PROTOCOL_VERSION, leafgate_version
 
 if TYPE_CHECKING:
     from edge.config import RemoteConfig
     from edge.connection import ClientConnection
+    from edge.router import Router
     from edge.server import Server
     from edge.uplink import Uplink
     from store.forward import Forwarder
@@ -141,7 +150,7 @@ def varz_snap(
         out_bytes=out_bytes,
         slow_consumers=server.stats.slow_consumers,
         stale_connections=server.stats.stale_connections,
-        subscriptions=len(server.router.sublist),
+        subscriptions=sublist_snap(server).count,
         http_req_stats=tuple(sorted(requests.items())),
         remotes=tuple(_remote(r) for r in config.leafnodes.remotes),
     )
@@ -185,8 +194,28 @@ def conn_snaps(server: Server, clock: Clock) -> list[ConnSnap]:
     return [_conn(c, clock) for c in server.clients.values()]
 
 
+def client_account(client: ClientConnection) -> tuple[str, str]:
+    """(account, authenticated user) of a client: the global account and no name
+    without users; never a token (a token login shows no user)."""
+    identity = client.identity  # an edge.auth.authn.Identity, or None without users
+    if identity is None:
+        return GLOBAL_ACCOUNT, ""
+    return getattr(identity, "account", GLOBAL_ACCOUNT), getattr(identity, "name", "")
+
+
+def account_routers(server: Server) -> dict[str, Router]:
+    """Every account's router (just the global one without accounts)."""
+    if server.security is None:
+        return {GLOBAL_ACCOUNT: server.router}
+    return server.security.accounts.routers
+
+
 def _conn(c: ClientConnection, clock: Clock) -> ConnSnap:
     opts = c.session.options
+    account, user = client_account(c)
+    if c.server.security is not None:
+        # A JWT user is shown by its public key, as nats-server shows it.
+        user = c.server.security.jwt_users.get(c.cid, user)
     return ConnSnap(
         c.cid,
         c.ip,
@@ -201,6 +230,9 @@ def _conn(c: ClientConnection, clock: Clock) -> ConnSnap:
         opts.name,
         opts.lang,
         opts.version,
+        (),
+        account,
+        user,
     )
 
 
@@ -216,6 +248,7 @@ def with_subs(server: Server, page: list[ConnSnap]) -> list[ConnSnap]:
 
 def client_subs(client: ClientConnection) -> tuple[SubSnap, ...]:
     cid = client.cid
+    account = client_account(client)[0]
     return tuple(
         SubSnap(
             sub.subject.decode(errors="replace"),
@@ -224,21 +257,82 @@ def client_subs(client: ClientConnection) -> tuple[SubSnap, ...]:
             sub.delivered,
             sub.max_msgs,
             cid,
+            account,
         )
         for sub in client.subs.values()
     )
 
 
-def all_subs(server: Server) -> list[SubSnap]:
+def all_subs(server: Server, account: str = "") -> list[SubSnap]:
+    """The clients' subscriptions (of one account if ``account``)."""
     out: list[SubSnap] = []
     for client in server.clients.values():
-        out.extend(client_subs(client))
+        if not account or client_account(client)[0] == account:
+            out.extend(client_subs(client))
+    if server.security is not None:
+        # A service import subscribes in its importing account (cid 0: no client).
+        imports = server.security.accounts.service_imports
+        for i, (name, service) in enumerate(imports, 1):
+            if not account or name == account:
+                subject = service.local_subject.decode(errors="replace")
+                out.append(SubSnap(subject, None, str(i), service.sub.delivered, 0, 0, name))
     return out
 
 
-def sublist_snap(server: Server) -> SublistSnap:
-    s = server.router.sublist.stats()
-    return SublistSnap(s.count, s.cache_size, s.inserts, s.removes, s.matches, s.cache_hits)
+def sublist_snap(server: Server, account: str = "") -> SublistSnap:
+    """The sublist counters of one account, or summed over all of them (nats-server's
+    /subsz and /varz count every account's subscriptions); an unknown account: zeros."""
+    routers = account_routers(server)
+    chosen = [routers[account]] if account in routers else [] if account else routers.values()
+    count = cache = inserts = removes = matches = hits = 0
+    for router in chosen:
+        s = router.sublist.stats()
+        count += s.count
+        cache += s.cache_size
+        inserts += s.inserts
+        removes += s.removes
+        matches += s.matches
+        hits += s.cache_hits
+    return SublistSnap(count, cache, inserts, removes, matches, hits)
+
+
+def account_snaps(server: Server) -> list[AccountSnap]:
+    """Every account: its clients, uplinks, sublist, and (configured or JWT) exports
+    and imports."""
+    clients: dict[str, int] = {}
+    for client in server.clients.values():
+        account = client_account(client)[0]
+        clients[account] = clients.get(account, 0) + 1
+    leafs: dict[str, int] = {}
+    for link in server.uplinks:
+        if link.up:
+            account = link.remote.local_account or GLOBAL_ACCOUNT
+            leafs[account] = leafs.get(account, 0) + 1
+    declared = _declared(server)
+    return [
+        AccountSnap(
+            name,
+            clients.get(name, 0),
+            leafs.get(name, 0),
+            sublist_snap(server, name),
+            *declared.get(name, ((), (), "", "")),
+        )
+        for name in account_routers(server)
+    ]
+
+
+def _declared(
+    server: Server,
+) -> dict[str, tuple[tuple[ExportConfig, ...], tuple[ImportConfig, ...], str, str]]:
+    """Exports, imports, issuer and name of each account (config or JWT)."""
+    security = server.security
+    if security is None:
+        return {}
+    out = {a.name: (a.exports, a.imports, "", "") for a in security.settings.accounts}
+    accounts = security.accounts
+    for key, claims in {**accounts.exporters, **accounts.jwt_claims}.items():
+        out[key] = (claims.exports, claims.imports, claims.issuer, claims.name)
+    return out
 
 
 # ---- /leafz, /healthz ---------------------------------------------------------------

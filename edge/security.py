@@ -22,7 +22,18 @@ from typing import TYPE_CHECKING
 import trio
 
 from edge.accounts import Accounts
+from edge.auth.access import expires_at, refusal
 from edge.auth.authn import Authenticator, Identity, Resolver, cert_identities
+from edge.auth.jwt import (
+    AccountClaims,
+    JwtError,
+    UserClaims,
+    check_user_issuer,
+    read_user,
+    user_account_key,
+    verified_account,
+    verified_user,
+)
 from edge.auth.permissions import (
     PublishCache,
     delivery_denied,
@@ -35,6 +46,7 @@ from edge.auth.permissions import (
 from edge.auth.settings import GLOBAL_ACCOUNT, SecurityConfig, TLSServerConfig
 from edge.config import ConfigError, ServerConfig
 from edge.connection import ClientConnection
+from edge.expiry import Expiries
 from edge.log import get_logger
 from edge.proto import errors
 from edge.proto.errors import CloseReason, ProtocolError
@@ -119,6 +131,8 @@ class Security:
         self.ssl = tls_context(sec.tls) if sec.tls is not None else None
         self.accounts = Accounts(server.router, sec.accounts)
         self.connections: dict[str, int] = {}
+        self.expiries = Expiries()  # run by the server (Server.run's services)
+        self.jwt_users: dict[int, str] = {}  # cid -> the user JWT's public key
         # Whether any connection may carry permissions (then GuardedConnection).
         self.guarded = sec.operator is not None or any(not u.permissions.empty for u in sec.users)
 
@@ -199,16 +213,77 @@ class Security:
         else:
             identity = auth.authenticate(options, nonce, time.time(), names)
         if identity is None:
+            extra = {}
+            if auth.operator is not None:
+                extra["reason"] = self._jwt_refusal(options.jwt)
             log.warning(
                 "authorization_violation",
                 cid=client.cid,
                 ip=client.ip,
                 user=options.user or options.nkey or "",
+                **extra,
             )
             raise errors.AUTH_VIOLATION
+        user = None
+        if identity.account_limits is not None and options.jwt:
+            user = self._check_access(client, identity.account_limits, options.jwt)
         accepted = client.session.accept(options, True)
         self._bind(client, identity)
+        if user is not None:
+            self.jwt_users[client.cid] = user.public_key  # /connz's authorized_user
+            expires = expires_at(user.expires, user.times, user.times_location, time.time())
+            if expires is not None:
+                self.expiries.add(client, expires)
         return accepted
+
+    def _jwt_refusal(self, token: str | None) -> str:
+        """Why the authenticator refused a CONNECT in operator mode, for the log
+        (worked out again on the refusal path only; keys and reasons, no secret)."""
+        if not token:
+            return "no user JWT"
+        try:
+            user = verified_user(token, time.time())
+        except JwtError as exc:
+            return f"user JWT: {exc}"
+        key = user_account_key(user)
+        account = self._account_claims(key)
+        if account is None:
+            return f"account {key} unknown or its JWT invalid"
+        try:
+            check_user_issuer(user, account)
+        except JwtError as exc:
+            return str(exc)
+        return "the nonce's signature does not match the user's key"
+
+    def _check_access(
+        self, client: ClientConnection, account: AccountClaims, token: str
+    ) -> UserClaims:
+        """The user JWT's src, times and its account's revocations (its signature
+        and issuer were verified by the authenticator)."""
+        user = read_user(token)
+        now = time.time()
+        reason = refusal(
+            user.public_key,
+            user.issued_at,
+            user.src,
+            user.times,
+            user.times_location,
+            account.revocations,
+            client.ip,
+            now,
+            user.connection_types,
+        )
+        if reason is not None:
+            log.warning(
+                "authorization_violation",
+                cid=client.cid,
+                ip=client.ip,
+                user=user.public_key,
+                account=account.public_key,
+                reason=reason,
+            )
+            raise errors.AUTH_VIOLATION
+        return user
 
     def _bind(self, client: ClientConnection, identity: Identity) -> None:
         account = identity.account
@@ -222,6 +297,8 @@ class Security:
             raise MAX_ACCOUNT_CONNECTIONS
         self.connections[account] = self.connections.get(account, 0) + 1
         client.identity = identity
+        if claims is not None:
+            self._join(claims)
         client.router = self.accounts.router(account)
         subs = _lowest(
             client.session.max_subscriptions,
@@ -247,7 +324,22 @@ class Security:
                 client.inline = False  # deliveries note reply subjects
         log.debug("client_authenticated", cid=client.cid, user=identity.name, account=account)
 
+    def _account_claims(self, key: str) -> AccountClaims | None:
+        """The verified JWT claims of operator-mode account ``key`` (None if unusable)."""
+        operator = self.authenticator.operator
+        token = self._resolver(key) if self._resolver is not None else None
+        if operator is None or token is None:
+            return None
+        try:
+            claims = verified_account(token, operator, time.time())
+        except JwtError as exc:
+            log.warning("account_jwt_refused", account=key, reason=str(exc))
+            return None
+        return claims if claims.public_key == key else None
+
     def forget(self, client: ClientConnection) -> None:
+        self.expiries.forget(client)
+        self.jwt_users.pop(client.cid, None)
         identity = client.identity
         if isinstance(identity, Identity):
             left = self.connections.get(identity.account, 1) - 1
@@ -291,7 +383,26 @@ class Security:
         return False
 
     def router_for(self, account: str | None) -> Router:
-        return self.accounts.router(account or GLOBAL_ACCOUNT)
+        """The router of a local account (a leafnode remote's local_account); in
+        operator mode an account public key, whose JWT imports are made now."""
+        name = account or GLOBAL_ACCOUNT
+        joined = name in self.accounts.jwt_claims
+        if self.authenticator.operator is not None and name != GLOBAL_ACCOUNT and not joined:
+            claims = self._account_claims(name)
+            if claims is not None:
+                self._join(claims)
+            else:
+                log.warning("local_account_unknown", account=name)
+        return self.accounts.router(name)
+
+    def _join(self, claims: AccountClaims) -> None:
+        for problem in self.accounts.join_jwt_account(claims, self._account_claims):
+            log.warning(
+                "account_import_refused",
+                account=problem.account,
+                subject=problem.subject,
+                reason=problem.reason,
+            )
 
 
 def _authenticator(config: ServerConfig, resolver: Resolver | None) -> Authenticator:

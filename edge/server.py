@@ -270,6 +270,8 @@ class Server:
 
                     self.monitor = Monitor(self)
                     await services.start(self.monitor.run)
+                if self.security is not None:
+                    services.start_soon(self.security.expiries.run)
                 services.start_soon(self._accept_loop, listeners, connections)
                 services.start_soon(self._admin_service)
                 services.start_soon(self._keepalive)

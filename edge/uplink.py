@@ -299,6 +299,10 @@ class Uplink:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a link up until cancelled. Never returns on its own."""
         self.router.links.append(self)
+        # Interest from before the link registered: the import subscriptions made
+        # at start, or when an operator-mode local account was joined for it.
+        for subject, queue, _ in self.router.sublist.subjects():
+            self.local.add(subject, queue)
         task_status.started()
         failures = 0
         auth_failures = 0

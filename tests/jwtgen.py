@@ -47,7 +47,9 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def encode_jwt(signer: KeyPair, subject: str, name: str, nats: dict[str, Any]) -> str:
+def encode_jwt(
+    signer: KeyPair, subject: str, name: str, nats: dict[str, Any], expires: int | None = None
+) -> str:
     """A signed JWT: ``signer`` issues claims about ``subject`` (a public key)."""
     claims: dict[str, Any] = {
         "iat": int(time.time()),
@@ -56,6 +58,8 @@ def encode_jwt(signer: KeyPair, subject: str, name: str, nats: dict[str, Any]) -
         "sub": subject,
         "nats": nats,
     }
+    if expires is not None:
+        claims["exp"] = expires
     digest = hashlib.sha256(_dumps(claims)).digest()
     claims = {"jti": base64.b32encode(digest).decode().rstrip("="), **claims}
     signing_input = f"{_b64(_dumps(HEADER))}.{_b64(_dumps(claims))}"
@@ -76,8 +80,9 @@ def operator_jwt(operator: KeyPair, name: str = "OP", system_account: str = "") 
     return encode_jwt(operator, operator.public_key(), name, nats)
 
 
-def account_jwt(operator: KeyPair, account: KeyPair, name: str) -> str:
-    nats = {"type": "account", "version": 2, "limits": dict(UNLIMITED_ACCOUNT)}
+def account_jwt(operator: KeyPair, account: KeyPair, name: str, **fields: Any) -> str:
+    """An account JWT; ``fields`` (exports, imports, revocations...) join its claims."""
+    nats = {"type": "account", "version": 2, "limits": dict(UNLIMITED_ACCOUNT), **fields}
     return encode_jwt(operator, account.public_key(), name, nats)
 
 
@@ -117,10 +122,13 @@ class Account:
     def public_key(self) -> str:
         return self.keys.public_key()
 
-    def user_creds(self, name: str) -> str:
-        """Text of a ``.creds`` file for a new user of this account."""
+    def user_creds(self, name: str, **fields: Any) -> str:
+        """Text of a ``.creds`` file for a new user of this account; ``fields``
+        (src, times, ...) join its claims."""
         user = KeyPair.generate(PREFIX_USER)
-        return creds_file_text(user_jwt(self.keys, user, name), user.seed())
+        nats = {"type": "user", "version": 2, **UNLIMITED_USER, **fields}
+        jwt = encode_jwt(self.keys, user.public_key(), name, nats)
+        return creds_file_text(jwt, user.seed())
 
 
 @dataclass
@@ -138,6 +146,11 @@ class Operator:
         for account in account_names:
             op.accounts[account] = _new_account(keys, account)
         return op
+
+    def set_claims(self, account: str, **fields: Any) -> None:
+        """Re-issue ``account``'s JWT with ``fields`` (exports, imports, ...)."""
+        acc = self.accounts[account]
+        acc.jwt = account_jwt(self.keys, acc.keys, acc.name, **fields)
 
     @property
     def jwt(self) -> str:

@@ -251,7 +251,8 @@ def test_field_names_match_nats_server_samples() -> None:
     query = mj.ConnzQuery.parse({"subs": "1"})
     check_connz_keys(mj.connz("NID", 10 * mj.NS, 1, [_conn(6, num_subs=1, subs=subs)], query))
     # Same shapes as the samples for the smaller endpoints (leafgate extras excepted).
-    assert set(mj.accountz("NID", 0, "", 1, 0, 0)) <= spec_keys("hub_accountz.json")
+    accounts = [mj.AccountSnap("$G", 1, 0, mj.SublistSnap(0, 0, 0, 0, 0, 0))]
+    assert set(mj.accountz("NID", 0, 0, "", accounts, None)) <= spec_keys("hub_accountz.json")
     assert set(mj.subsz("NID", 0, mj.SublistSnap(0, 0, 0, 0, 0, 0), [], mj.SubszQuery())) == (
         spec_keys("hub_subsz.json")
     )

@@ -16,6 +16,8 @@ from tests.aio import connect, run, settle
 from tests.conftest import ServerFactory
 from tests.harness import RawClient, ServerProcess, start_leafgate
 from tests.hubs import start_hub
+from tests.jwtgen import Operator
+from tests.test_security_clients import _operator_config, _write
 from tests.test_security_differential import ACCOUNTS
 from tests.test_uplink import link_ready
 
@@ -132,6 +134,69 @@ def test_uplink_bound_to_local_account(tmp_path: Path) -> None:
             assert msg.data == b"3"
             with pytest.raises(nats.errors.TimeoutError):
                 await sub_a.next_msg(timeout=0.3)
+            for nc in (a, b, h):
+                await nc.close()
+
+        run(scenario())
+    finally:
+        edge.stop()
+        hub.stop()
+
+
+def test_uplink_bound_to_jwt_account(tmp_path: Path) -> None:
+    """Operator mode: a remote's local_account is an account public key; only that
+    account's subjects go up, and its JWT imports serve requests from the hub
+    (made when the link starts, before any of its clients came)."""
+    op = Operator.create("A", "B")
+    a_key, b_key = op.accounts["A"].public_key, op.accounts["B"].public_key
+    op.set_claims("A", exports=[{"subject": "time", "type": "service"}])
+    op.set_claims(
+        "B",
+        imports=[
+            {"subject": "time", "account": a_key, "local_subject": "a.time", "type": "service"}
+        ],
+    )
+    hub = start_hub(tmp_path / "hub", jetstream=False)
+    toml = _operator_config(op).toml + (
+        f'[[leafnodes.remotes]]\nurl = "nats-leaf://127.0.0.1:{hub.leaf_port}"\n'
+        f'local_account = "{b_key}"\n'
+    )
+    files = {n: _write(tmp_path, f"{n}.creds", op.accounts[n].user_creds(n)) for n in "AB"}
+    edge = start_leafgate(config_text=toml, tmp_path=tmp_path / "edge")
+    try:
+
+        async def scenario() -> None:
+            h = await connect(f"nats://127.0.0.1:{hub.client_port}")
+            a = await connect(edge.url, user_credentials=files["A"])
+
+            async def answer(msg: Msg) -> None:
+                await msg.respond(b"12:00")
+
+            await a.subscribe("time", cb=answer)
+            await settle(a)
+            # The hub reaches A's service through B's import (no B client yet).
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                try:
+                    reply = await h.request("a.time", b"", timeout=1)
+                    break
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+            assert reply.data == b"12:00"
+            b = await connect(edge.url, user_credentials=files["B"])
+            sub = await h.subscribe("up.>")
+            await settle(h)
+            await asyncio.sleep(0.3)
+            await a.publish("up.a", b"1")
+            await b.publish("up.b", b"2")
+            await settle(a)
+            await settle(b)
+            msg = await sub.next_msg(timeout=5)
+            assert (msg.subject, msg.data) == ("up.b", b"2")
+            with pytest.raises(nats.errors.TimeoutError):
+                await sub.next_msg(timeout=0.5)
             for nc in (a, b, h):
                 await nc.close()
 

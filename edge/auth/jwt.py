@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from edge.auth.permissions import (
     SubjectPermission,
     SubjectRule,
 )
+from edge.auth.settings import ExportConfig, ImportConfig
 from edge.nkeys import (
     PREFIX_ACCOUNT,
     PREFIX_OPERATOR,
@@ -35,6 +38,7 @@ from edge.nkeys import (
     public_key_bytes,
     verify,
 )
+from edge.subjects import is_valid_subject
 
 MAX_JWT = 16 * 1024  # a JWT larger than this is refused unread
 
@@ -63,11 +67,12 @@ def _json(part: str) -> dict[str, Any]:
 _KIND = {"operator": PREFIX_OPERATOR, "account": PREFIX_ACCOUNT, "user": PREFIX_USER}
 
 
-def decode(token: str, kind: str, now: float) -> dict[str, Any]:
+def decode(token: str, kind: str, now: float | None) -> dict[str, Any]:
     """The verified claims of ``token``, a JWT of ``kind`` (operator/account/user).
 
     The signature is checked against ``iss``; who may issue (the operator, an
-    account or their signing keys) is the caller's question.
+    account or their signing keys) is the caller's question. ``now`` None: the
+    time window (exp, nbf) is not checked.
     """
     if len(token) > MAX_JWT:
         raise JwtError("too large")
@@ -99,7 +104,8 @@ def decode(token: str, kind: str, now: float) -> dict[str, Any]:
         public_key_bytes(subject, _KIND[kind])
     except NkeyError:
         raise JwtError(f"sub is not a {kind} public key") from None
-    _check_window(claims, now)
+    if now is not None:
+        _check_window(claims, now)
     return claims
 
 
@@ -146,6 +152,30 @@ class UserClaims:
     permissions: Permissions
     max_subscriptions: int  # 0: unlimited
     max_payload: int  # 0: unlimited
+    issued_at: int = 0
+    src: tuple[str, ...] = ()  # CIDR networks the client must connect from
+    times: tuple[tuple[str, str], ...] = ()  # (start, end) "HH:MM:SS" of the day
+    times_location: str = ""  # their time zone ("": the server's)
+    expires: float = 0.0  # exp (0: never)
+    connection_types: tuple[str, ...] = ()  # allowed_connection_types (empty: any)
+
+
+def _cidrs(value: object) -> tuple[str, ...]:
+    """``src``: a list, or (older JWTs) one comma-separated string."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return _strings(value)
+
+
+def _times(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        (str(v.get("start", "")), str(v.get("end", "")))
+        if isinstance(v, dict)
+        else ("", "")  # an entry that is not a range: refuses, as a bad range does
+        for v in value
+    )
 
 
 def user_claims(claims: dict[str, Any]) -> UserClaims:
@@ -171,7 +201,25 @@ def user_claims(claims: dict[str, Any]) -> UserClaims:
         ),
         max_subscriptions=_limit(nats, "subs"),
         max_payload=_limit(nats, "payload"),
+        issued_at=iat if isinstance(iat := claims.get("iat"), int) else 0,
+        src=_cidrs(nats.get("src")),
+        times=_times(nats.get("times")),
+        times_location=str(nats.get("times_location") or ""),
+        expires=float(exp) if isinstance(exp := claims.get("exp"), int | float) else 0.0,
+        connection_types=_strings(nats.get("allowed_connection_types")),
     )
+
+
+def read_user(token: str) -> UserClaims:
+    """The claims of a user JWT whose signature was checked already (by the
+    authenticator, on the same text): read again without verifying."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise JwtError("not a JWT (three parts expected)")
+    claims = _json(parts[1])
+    if not isinstance(claims.get("nats"), dict):
+        claims["nats"] = {}
+    return user_claims(claims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +232,12 @@ class AccountClaims:
     max_subscriptions: int
     max_payload: int
     expires: float = 0.0  # 0: never
+    exports: tuple[ExportConfig, ...] = ()
+    imports: tuple[ImportConfig, ...] = ()
+    # Entries of exports/imports that cannot be used, each with why (to be logged).
+    dropped: tuple[str, ...] = ()
+    # User public key (or "*": every user) -> revoked if issued at or before (s).
+    revocations: tuple[tuple[str, int], ...] = ()
 
 
 def _signing_keys(nats: dict[str, Any]) -> frozenset[str]:
@@ -201,6 +255,7 @@ def account_claims(claims: dict[str, Any]) -> AccountClaims:
     limits = nats.get("limits")
     if not isinstance(limits, dict):
         limits = {}
+    exports, imports, dropped = _exports_imports(nats)
     return AccountClaims(
         public_key=claims["sub"],
         name=str(claims.get("name", "")),
@@ -210,7 +265,127 @@ def account_claims(claims: dict[str, Any]) -> AccountClaims:
         max_subscriptions=_limit(limits, "subs"),
         max_payload=_limit(limits, "payload"),
         expires=float(claims.get("exp") or 0),
+        exports=exports,
+        imports=imports,
+        dropped=tuple(dropped),
+        revocations=_revocations(nats.get("revocations")),
     )
+
+
+def _revocations(value: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict):
+        return ()
+    # JSON may hold Infinity (Python's json reads it): not a time, left out.
+    return tuple(
+        (k, int(v))
+        for k, v in value.items()
+        if isinstance(k, str)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+    )
+
+
+_REF = re.compile(r"^\$(\d+)$|^\{\{\s*wildcard\s*\(\s*(\d+)\s*\)\s*\}\}$")
+
+
+def _plain(subject: str) -> str:
+    """A subject with its ``$N`` wildcard references as the ``*`` they stand for."""
+    return ".".join("*" if _REF.match(t) else t for t in subject.split("."))
+
+
+def _valid(subject: object) -> bool:
+    return isinstance(subject, str) and is_valid_subject(_plain(subject).encode())
+
+
+_RESPONSE_TYPES = {
+    "": "singleton",
+    "Singleton": "singleton",
+    "Stream": "stream",
+    "Chunked": "chunked",
+}
+
+
+def _jwt_export(entry: object) -> ExportConfig:
+    """An export; one nats-server 2.9.10 would find invalid makes the whole
+    account JWT invalid (JwtError: its users are refused), as there."""
+    if not isinstance(entry, dict):
+        raise JwtError("an export entry is not an object")
+    kind, subject = entry.get("type"), entry.get("subject")
+    name = entry.get("name", "")
+    if kind not in ("stream", "service") or not isinstance(subject, str) or not _valid(subject):
+        raise JwtError(f"export {name!r}: needs type stream/service and a valid subject")
+    response = _RESPONSE_TYPES.get(str(entry.get("response_type") or ""))
+    if response is None:
+        raise JwtError(f"export {name!r}: response_type must be Singleton, Stream or Chunked")
+    return ExportConfig(kind, subject.encode(), None, response, entry.get("token_req") is True)
+
+
+def _references_fit(subject: str, local: str) -> bool:
+    """Each ``$N`` of ``local`` names one of ``subject``'s ``*`` wildcards."""
+    stars = subject.split(".").count("*")
+    for token in local.split("."):
+        match = _REF.match(token)
+        if match is not None and not 0 < int(match.group(1) or match.group(2)) <= stars:
+            return False
+    return True
+
+
+def _jwt_import(entry: object) -> ImportConfig | str:
+    """An import as nats-server 2.9 reads it. ``local_subject`` (with ``$N``
+    references) is the importer's subject; without it, a service import's
+    ``subject`` is the importer's and ``to`` the exporter's, while a stream
+    import's ``to`` is a prefix put before the exporter's subject.
+
+    What 2.9.10 finds invalid (no or a bad subject, no account, an unknown type,
+    a ``$N`` naming no wildcard) raises JwtError: the account is unusable. What
+    it lets pass but leafgate cannot use (an account that is no key, a local
+    subject that is no subject) is returned as the reason it is left out."""
+    if not isinstance(entry, dict):
+        raise JwtError("an import entry is not an object")
+    kind, account, subject = entry.get("type"), entry.get("account"), entry.get("subject")
+    name = entry.get("name", "")
+    if kind not in ("stream", "service") or not isinstance(account, str) or not _valid(subject):
+        raise JwtError(f"import {name!r}: needs type stream/service, an account and a subject")
+    assert isinstance(subject, str)
+    local, to = entry.get("local_subject"), entry.get("to")
+    if local and not (isinstance(local, str) and _references_fit(subject, local)):
+        raise JwtError(f"import {name!r}: local_subject {local!r} names missing wildcards")
+    if not account.startswith("A") or len(account) != 56:
+        return f"import {name!r}: account {account!r} is not an account public key"
+    for value in (local, to):
+        if value and not _valid(value):
+            return f"import {name!r}: not a valid subject: {value!r}"
+    if local:
+        remote, mine = subject, str(local)
+    elif kind == "service":
+        remote, mine = str(to or subject), subject
+    else:
+        remote, mine = subject, (str(to).rstrip(".") + "." + subject) if to else subject
+    if remote != _plain(remote):
+        return f"import {name!r}: the exporter's subject has wildcard references"
+    return ImportConfig(kind, account, remote.encode(), mine.encode())
+
+
+def _entries(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def _exports_imports(
+    nats: dict[str, Any],
+) -> tuple[tuple[ExportConfig, ...], tuple[ImportConfig, ...], list[str]]:
+    exports: list[ExportConfig] = []
+    imports: list[ImportConfig] = []
+    dropped: list[str] = []
+    for entry in _entries(nats.get("exports")):
+        exports.append(_jwt_export(entry))
+    for entry in _entries(nats.get("imports")):
+        imp = _jwt_import(entry)
+        if isinstance(imp, str):
+            dropped.append(imp)
+        else:
+            imports.append(imp)
+    return tuple(exports), tuple(imports), dropped
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,11 +80,16 @@ class UserConfig:
         return self.user or self.nkey or ""
 
 
+RESPONSE_TYPES = ("singleton", "stream", "chunked")
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     kind: str  # "stream" or "service"
     subject: bytes
     accounts: tuple[str, ...] | None = None  # None: public
+    response_type: str = "singleton"  # of a service: one answer, or many ("stream", "chunked")
+    token_required: bool = False  # JWT exports: importers need an activation token
 
 
 @dataclass(frozen=True)
@@ -280,13 +285,20 @@ def _export(key: str, value: object) -> ExportConfig:
         if name not in ("stream", "service", "accounts", "response_type"):
             raise SettingError(f"{key}.{name}", "unknown key")
     subject = _subject(f"{key}.{kinds[0]}", table[kinds[0]]).subject
+    response_type = "singleton"
+    if "response_type" in table:
+        response_type = _text(f"{key}.response_type", table["response_type"]).lower()
+        if response_type not in RESPONSE_TYPES or kinds[0] != "service":
+            raise SettingError(
+                f"{key}.response_type", "expected singleton, stream or chunked (services only)"
+            )
     accounts = None
     if "accounts" in table:
         raw = table["accounts"]
         if not isinstance(raw, list):
             raise SettingError(f"{key}.accounts", "expected an array of account names")
         accounts = tuple(_text(f"{key}.accounts[{i}]", a) for i, a in enumerate(raw))
-    return ExportConfig(kinds[0], subject, accounts)
+    return ExportConfig(kinds[0], subject, accounts, response_type)
 
 
 def _import(key: str, value: object) -> ImportConfig:
@@ -485,12 +497,33 @@ def check_security(security: SecurityConfig) -> None:
             raise SettingError("resolver", 'operator mode needs a resolver ("MEMORY" or a dir)')
     elif security.resolver is not None or security.resolver_preload:
         raise SettingError("resolver", "set without operator")
+    _check_preload(security.resolver_preload)
+
+
+def _check_preload(preload: tuple[tuple[str, str], ...]) -> None:
+    """Preloaded account JWTs must decode (form, signature, an account JWT), or
+    the server does not start, as nats-server 2.9.10 ("invalid account JWT"); an
+    expired one, or one issued by a stranger, is refused when used, as there."""
+    from edge.auth.jwt import JwtError, decode
+
+    for key, token in preload:
+        try:
+            decode(token, "account", None)
+        except JwtError as exc:
+            raise SettingError(f"resolver_preload.{key}", f"invalid account JWT: {exc}") from None
 
 
 def find_export(exporter: AccountConfig, imp: ImportConfig, importer: str) -> ExportConfig | None:
+    return matching_export(exporter.exports, imp, importer)
+
+
+def matching_export(
+    exports: tuple[ExportConfig, ...], imp: ImportConfig, importer: str
+) -> ExportConfig | None:
+    """The first export of the same kind covering ``imp``'s subject, open to ``importer``."""
     from edge.subjects import is_subset
 
-    for export in exporter.exports:
+    for export in exports:
         if export.kind != imp.kind or not is_subset(imp.subject, export.subject):
             continue
         if export.accounts is None or importer in export.accounts:
