@@ -80,10 +80,18 @@ def _streams(specs: list[WorkerSpec], measured: str, per: int = 1) -> Runner:
     return run
 
 
-def _pub_sub(size: int, subs: int = 1, queue: str | None = None) -> Runner:
+def _pub_sub(size: int, subs: int = 1, queue: str | None = None, mixed: int = 0) -> Runner:
+    """*mixed*: the publisher sends to that many subjects in turn (``bench.m0``,
+    ``bench.m1``...), which the subscribers take with ``bench.*``: no two
+    consecutive messages on one subject, so nothing is routed as a run."""
     params: dict[str, Any] = {"size": size, "queue": queue}
+    pub: dict[str, Any] = {"size": size, "ping_end": False, "overrun": 0.1}
+    if mixed:
+        subjects = [b"bench.m%d" % i for i in range(mixed)]
+        params.update(subject=b"bench.*", frame_subjects=subjects)
+        pub["subjects"] = subjects
     specs = [WorkerSpec("sub", params) for _ in range(subs)]
-    specs.append(WorkerSpec("pub", {"size": size, "ping_end": False, "overrun": 0.1}))
+    specs.append(WorkerSpec("pub", pub))
     # fan-out: report published msgs/s
     return _streams(specs, "sub", per=subs if subs > 1 and queue is None else 1)
 
@@ -174,6 +182,8 @@ CLIENT_RUNNERS: dict[str, Runner] = {
     "pub_sub_1024": _pub_sub(1024),
     "fanout4_128": _pub_sub(128, subs=4),
     "queue4_128": _pub_sub(128, subs=4, queue="q"),
+    "pub_sub_mixed_128": _pub_sub(128, mixed=8),
+    "queue4_mixed_128": _pub_sub(128, subs=4, queue="q", mixed=8),
     "reqrep_seq": _reqrep_seq,
     "reqrep_32": _reqrep_window,
     "rss_idle": _rss_idle,

@@ -75,6 +75,8 @@ CASES: dict[str, Case] = {
         Case("pub_sub_1024", "msgs/s", True, "1 publisher -> 1 subscriber, 1024 B"),
         Case("fanout4_128", "msgs/s", True, "1 publisher -> 4 subscribers, published/s"),
         Case("queue4_128", "msgs/s", True, "1 publisher -> queue group of 4, received/s"),
+        Case("pub_sub_mixed_128", "msgs/s", True, "pub_sub_128, 8 subjects in turn"),
+        Case("queue4_mixed_128", "msgs/s", True, "queue4_128, 8 subjects in turn"),
         Case("reqrep_seq", "p50/p99 us", False, "sequential request/reply latency"),
         Case("reqrep_32", "replies/s", True, "request/reply, 32 in flight"),
         Case("rss_idle", "MiB", False, "VmRSS after start"),

@@ -69,7 +69,9 @@ def sleep_until(t: float) -> None:
 
 def _role_pub(conn: Connection, port: int, p: dict[str, Any]) -> dict[str, Any] | None:
     sock, buf = handshake(port)
-    one = pub_frame(p.get("subject", SUBJECT), p["size"])
+    # "subjects": one message to each in turn (a stream that mixes subjects).
+    subjects = p.get("subjects") or [p.get("subject", SUBJECT)]
+    one = b"".join(pub_frame(subject, p["size"]) for subject in subjects)
     per_buf = max(1, PUB_BUFFER_BYTES // len(one))
     block = one * per_buf
     sched = _ready(conn)
@@ -98,7 +100,7 @@ def _role_pub(conn: Connection, port: int, p: dict[str, Any]) -> dict[str, Any] 
             await_pong(sock, buf, time.monotonic() + 30)
             t_stop = time.monotonic()
     secs = t_stop - t_mark
-    return {"msgs": (sent - mark) * per_buf, "secs": secs, "cpu": cpu / secs}
+    return {"msgs": (sent - mark) * per_buf * len(subjects), "secs": secs, "cpu": cpu / secs}
 
 
 class _Window:
@@ -123,13 +125,14 @@ class _Window:
         return None
 
 
-def _check_first(view: memoryview, n: int, frame: bytes) -> bool:
-    """Check the first bytes a subscriber got look like ``frame``; True once seen."""
+def _check_first(view: memoryview, n: int, frame: bytes, others: tuple[bytes, ...] = ()) -> bool:
+    """Check the first bytes a subscriber got look like ``frame`` (or one of
+    *others*, as long); True once seen."""
     flen = len(frame)
     head = bytes(view[: min(n, flen + 6)])
     while head.startswith(PING):
         head = head[len(PING) :]
-    if head and not frame.startswith(head[:flen]):
+    if head and not any(f.startswith(head[:flen]) for f in (frame, *others)):
         raise BenchError(f"subscriber got {head[:60]!r}, expected frames of {frame[:60]!r}")
     return bool(head)
 
@@ -152,7 +155,9 @@ def _role_sub(conn: Connection, port: int, p: dict[str, Any]) -> dict[str, Any] 
     subject = p.get("subject", SUBJECT)
     sub = b"SUB " + subject + (b" " + queue.encode() if queue else b"") + b" " + sid + b"\r\n"
     sock, _ = handshake(port, sub)
-    frame = msg_frame(subject, sid, p["size"])
+    # Mixed subjects are all of one length: every frame is as long as the first.
+    frames = [msg_frame(s, sid, p["size"]) for s in p.get("frame_subjects") or [subject]]
+    frame, others = frames[0], tuple(frames[1:])
     sched = _ready(conn)
     if sched is None:
         return None
@@ -164,7 +169,7 @@ def _role_sub(conn: Connection, port: int, p: dict[str, Any]) -> dict[str, Any] 
         while True:
             n = _recv_into(sock, view)
             if not checked:
-                checked = _check_first(view, n, frame)
+                checked = _check_first(view, n, frame, others)
             total += n
             done = window.update(total)
             if done is not None:
