@@ -113,13 +113,20 @@ class Server:
         self.bridges: list[Bridge] = []
         self._bridge_set: BridgeSet | None = None
         self.store: Store | None = None
+        # The store takes the messages of the account its link carries: it
+        # forwards up the first hub link, which carries the global account
+        # unless that remote names a local_account.
+        self.store_router = self.router
         if config.store.enabled:
             from store.writer import Store  # imported only when the store is used
 
             self.store = Store(config.store, hostname=config.server_name)
             self.store.send_reply = self._send_reply
             self.store.send_error = _send_error
-            self.router.store = self.store
+            remotes = config.leafnodes.remotes
+            if remotes and remotes[0].local_account is not None:
+                self.store_router = self.router_for(remotes[0].local_account)
+            self.store_router.store = self.store
         # Clients whose pending output passed their stall mark (see hold_producer).
         self.backlogged: set[ClientConnection] = set()
         self._drained = trio.Event()
@@ -193,7 +200,8 @@ class Server:
         return client
 
     def _send_reply(self, reply: bytes, data: bytes) -> None:
-        self.router.publish(None, reply, b"", 0, data)
+        """A PubAck (or error) to a publisher, in the account it published in."""
+        self.store_router.publish(None, reply, b"", 0, data)
 
     # ---- INFO -------------------------------------------------------------------
 

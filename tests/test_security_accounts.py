@@ -204,3 +204,47 @@ def test_uplink_bound_to_jwt_account(tmp_path: Path) -> None:
     finally:
         edge.stop()
         hub.stop()
+
+
+def test_the_store_takes_the_account_of_its_link(tmp_path: Path) -> None:
+    """The first hub link carries account B (local_account): B's messages on a
+    store-and-forward subject are stored, acknowledged in B and forwarded to the
+    hub stream; A's on the same subject stay in A (nothing of A is stored)."""
+    from tests.storehelp import read_stream, start_js_hub, store_toml, stored_rows
+
+    hub = start_js_hub(tmp_path)
+    store_dir = tmp_path / "store"
+    toml = (
+        "[accounts.A]\n"
+        'users = [{ user = "a", password = "p" }]\n'
+        "[accounts.B]\n"
+        'users = [{ user = "b", password = "p" }]\n'
+        "[[leafnodes.remotes]]\n"
+        f'url = "nats-leaf://127.0.0.1:{hub.leaf_port}"\n'
+        'local_account = "B"\n' + store_toml(store_dir)
+    )
+    edge = start_leafgate(config_text=toml, tmp_path=tmp_path / "edge")
+    try:
+
+        async def scenario() -> None:
+            a = await connect(_url(edge, "a"))
+            b = await connect(_url(edge, "b"))
+            local_a = await a.subscribe("telemetry.>")
+            ack = await b.jetstream().publish("telemetry.b", b"from-b")
+            assert (ack.stream, ack.seq) == ("default", 1)  # the store's PubAck (not the hub's)
+            await a.publish("telemetry.a", b"from-a")
+            await settle(a)
+            assert (await local_a.next_msg(timeout=5)).data == b"from-a"
+            msgs = await read_stream(hub, 1)
+            assert [(m.subject, m.data) for m in msgs] == [("telemetry.b", b"from-b")]
+            assert (msgs[0].msg_id or "").endswith(":1")  # forwarded by the store
+            await asyncio.sleep(0.5)
+            assert [r[1] for r in stored_rows(store_dir)] == []  # B's went, A's never came
+            assert len(await read_stream(hub, 1)) == 1
+            for nc in (a, b):
+                await nc.close()
+
+        run(scenario())
+    finally:
+        edge.stop()
+        hub.stop()
