@@ -146,6 +146,12 @@ class ClientConnection:
         self.activity = False
         self.in_msgs = self.in_bytes = self.out_msgs_done = self.out_bytes = 0
         self.started = trio.current_time()
+        self._set_sink()
+
+    def _set_sink(self) -> None:
+        # Runs of plain PUBs are routed from inside the parser while the client
+        # may publish and wants no +OK per message (see ClientParser.sink).
+        self.parser.sink = self._on_pub_run if self.ready and not self.verbose else None
 
     # ---- output -------------------------------------------------------------
 
@@ -401,6 +407,20 @@ class ClientConnection:
         if not self.router.publish(self, subject, reply, hdr, data) and reply:
             self._no_responders(subject, reply)
 
+    def _on_pub_run(self, subject: bytes, payloads: list[bytes]) -> None:
+        """A run of plain PUBs on one subject, straight from the parser."""
+        if self.close_reason is not None:
+            return
+        if subject in self.pub_valid:
+            self.in_msgs += len(payloads)
+            self.router.publish_run(self, subject, payloads)
+            return
+        on_pub = self._on_pub
+        for data in payloads:
+            on_pub(Pub(subject, b"", 0, data))
+            if self.close_reason is not None:
+                return
+
     def _denied(self, subject: bytes) -> bool:
         """Whether a publish was refused by permissions (no +OK then, as nats-server)."""
         return self.perms is not None and subject not in self.perms.allowed
@@ -470,6 +490,7 @@ class ClientConnection:
         self.verbose, self.pedantic, self.echo = opts.verbose, opts.pedantic, opts.echo
         self.headers, self.no_responders = opts.headers, opts.no_responders
         self.ready = True
+        self._set_sink()
         self._auth_scope.deadline = math.inf
         if self.verbose:
             self.send(OK)

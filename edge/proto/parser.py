@@ -24,6 +24,7 @@ nothing and bounds the memory a hostile client can make us hold.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from edge.proto import errors
@@ -189,10 +190,26 @@ class FrameParser:
         self._need = 0
 
 
-class ClientParser(FrameParser):
-    """Parser for what a client sends: CONNECT, PUB, HPUB, SUB, UNSUB, PING, PONG."""
+# Takes a run of plain messages: their subject and their payloads, in order.
+RunSink = Callable[[bytes, list[bytes]], None]
 
-    __slots__ = ()
+
+class ClientParser(FrameParser):
+    """Parser for what a client sends: CONNECT, PUB, HPUB, SUB, UNSUB, PING, PONG.
+
+    With a ``sink``, consecutive plain PUBs with the same control line (same
+    subject, no reply, same size: what a device publishing a stream sends) are
+    not turned into events: the sink gets each such run as the subject and a
+    list of payloads, synchronously during ``feed``. Only while this ``feed``
+    has produced no event yet, so the caller still sees everything in order:
+    runs first, then the events from the first non-run operation on.
+    """
+
+    __slots__ = ("sink",)
+
+    def __init__(self, max_control_line: int = 4096, max_payload: int = 1024 * 1024) -> None:
+        super().__init__(max_control_line, max_payload)
+        self.sink: RunSink | None = None
 
     def _emit(self, fields: tuple[Any, ...], payload: bytes) -> Pub:
         subject, reply, hdr = fields
@@ -210,10 +227,15 @@ class ClientParser(FrameParser):
         new = _new_pub
         pub_lines_get = _PUB_LINES.get
         n = len(data)
-        pos = 0
+        sink = self.sink
         pos = self._resume(data, events)
         if pos < 0:
             return
+        if events and sink is not None:
+            resumed = events[0]
+            if type(resumed) is Pub and not resumed.reply and not resumed.hdr:
+                events.clear()
+                sink(resumed.subject, [resumed.data])
         while pos < n:
             nl = find(b"\n", pos)
             if nl < 0:
@@ -234,8 +256,28 @@ class ClientParser(FrameParser):
                 if stop + 2 <= n:
                     if data[stop] != 13 or data[stop + 1] != 10:  # no slice: no allocation
                         raise errors.UNKNOWN_OP
-                    append(new(Pub, (subject, reply, 0, data[start:stop])))
+                    if sink is None or events or reply:
+                        append(new(Pub, (subject, reply, 0, data[start:stop])))
+                        pos = stop + 2
+                        continue
+                    # A run: the frames that follow with the very same control
+                    # line cost a prefix test, a bounds test and a slice each.
+                    # The first frame that differs (or is cut off, or malformed)
+                    # ends the run and is parsed again by the general path.
+                    line = data[pos:start]
+                    skip = start - pos
+                    step = skip + size + 2
+                    payloads = [data[start:stop]]
+                    add = payloads.append
                     pos = stop + 2
+                    last = n - step
+                    while pos <= last and startswith(line, pos):
+                        end = pos + step
+                        if data[end - 2] != 13 or data[end - 1] != 10:
+                            break
+                        add(data[pos + skip : end - 2])
+                        pos = end
+                    sink(subject, payloads)
                     continue
                 self._take_payload(data, start, size, (subject, reply, 0), events)
                 return
