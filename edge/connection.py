@@ -28,7 +28,7 @@ from edge.log import get_logger
 from edge.proto import errors
 from edge.proto.errors import CloseReason, ProtocolError
 from edge.proto.events import Connect, Info, ParseFailed, Ping, Pong, Pub, Sub, Unsub
-from edge.proto.parser import ClientParser
+from edge.proto.parser import ClientParser, run_payload
 from edge.proto.session import ClientSession, ConnectOptions, publish_deliverable
 from edge.router import _SIZE_LINES, Subscription, _size_line
 from edge.subjects import is_valid_publish_subject
@@ -407,19 +407,26 @@ class ClientConnection:
         if not self.router.publish(self, subject, reply, hdr, data) and reply:
             self._no_responders(subject, reply)
 
-    def _on_pub_run(self, subject: bytes, payloads: list[bytes]) -> None:
+    def _on_pub_run(self, subject: bytes, tails: list[bytes]) -> None:
         """A run of plain PUBs on one subject, straight from the parser."""
         if self.close_reason is not None:
             return
-        if subject in self.pub_valid:
-            self.in_msgs += len(payloads)
-            self.router.publish_run(self, subject, payloads)
-            return
-        on_pub = self._on_pub
-        for data in payloads:
-            on_pub(Pub(subject, b"", 0, data))
+        if subject not in self.pub_valid:
+            # A subject not seen yet: the first message takes the checked path
+            # (validity, permissions); the rest follow it if it was found good.
+            on_pub = self._on_pub
+            on_pub(Pub(subject, b"", 0, run_payload(tails[0])))
             if self.close_reason is not None:
                 return
+            if subject not in self.pub_valid:
+                for tail in tails[1:]:
+                    if self.close_reason is not None:
+                        return
+                    on_pub(Pub(subject, b"", 0, run_payload(tail)))
+                return
+            del tails[0]
+        self.in_msgs += len(tails)
+        self.router.publish_run(self, subject, tails)
 
     def _denied(self, subject: bytes) -> bool:
         """Whether a publish was refused by permissions (no +OK then, as nats-server)."""

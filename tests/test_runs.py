@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from edge.proto import errors
 from edge.proto.errors import CloseReason
 from edge.proto.events import PING, Event, ParseFailed, Pub, Sub
-from edge.proto.parser import ClientParser
+from edge.proto.parser import ClientParser, run_payload
 from edge.router import RUN_MIN, Router, Subscription
 
 # ------------------------------------------------------------------ parser
@@ -40,9 +40,12 @@ class Recorder:
         self.seen: list[Event] = []
         self.runs: list[int] = []
 
-    def sink(self, subject: bytes, payloads: list[bytes]) -> None:
-        self.runs.append(len(payloads))
-        self.seen.extend(Pub(subject, b"", 0, p) for p in payloads)
+    def sink(self, subject: bytes, tails: list[bytes]) -> None:
+        self.runs.append(len(tails))
+        for tail in tails:
+            payload = run_payload(tail)
+            assert tail == b"%d\r\n%b\r\n" % (len(payload), payload)  # canonical
+            self.seen.append(Pub(subject, b"", 0, payload))
 
     def feed(self, data: bytes) -> None:
         self.seen.extend(self.parser.feed(data))
@@ -56,11 +59,32 @@ def test_a_run_goes_to_the_sink_in_one_call() -> None:
     assert rec.seen == [Pub(b"a.b", b"", 0, p) for p in payloads]
 
 
-def test_a_run_ends_at_a_different_line() -> None:
+def test_a_run_is_one_subject_whatever_the_sizes() -> None:
     rec = Recorder()
     data = _pub(b"a", b"x") * 3 + _pub(b"a", b"yy") + _pub(b"b", b"z") * 2 + _pub(b"a", b"x")
     rec.feed(data)
-    assert rec.runs == [3, 1, 2, 1]
+    assert rec.runs == [4, 2, 1]
+    assert rec.seen == ClientParser().feed(data)
+
+
+@pytest.mark.parametrize(
+    ("odd", "runs"),
+    [
+        # not canonical: an event, and so is everything after it in this read
+        (b"PUB a 01\r\nx\r\n", [2]),  # leading zero: a MSG frame says 1
+        (b"PUB a  1\r\nx\r\n", [2]),  # two spaces
+        (b"PUB a 1 \r\nx\r\n", [2]),  # trailing space
+        (b"PUB a 1\nx\r\n", [2]),  # bare LF
+        # canonical, another subject with the same start: a run of its own
+        (b"PUB a.b 1\r\nx\r\n", [2, 1, 2]),
+        (b"PUB ab 1\r\nx\r\n", [2, 1, 2]),
+    ],
+)
+def test_only_canonical_lines_of_the_subject_continue_a_run(odd: bytes, runs: list[int]) -> None:
+    rec = Recorder()
+    data = _pub(b"a", b"x") * 2 + odd + _pub(b"a", b"x") * 2
+    rec.feed(data)
+    assert rec.runs == runs
     assert rec.seen == ClientParser().feed(data)
 
 
@@ -120,6 +144,9 @@ _ops = st.sampled_from(
         _pub(b"s", b"ab"),
         _pub(b"s", b"cd"),
         _pub(b"s", b"xyz"),
+        _pub(b"s", b""),
+        _pub(b"s", b"0123456789"),
+        b"PUB s 02\r\nab\r\n",
         _pub(b"t.u", b"ab"),
         _pub(b"s", b"ab", b"r"),
         b"PUB s 2\nab\r\n",
@@ -217,12 +244,16 @@ def _one_by_one_and_run(
             setup(clients, subs)
         pub = clients[origin] if origin is not None else FakeClient(router)
         if by_run:
-            router.publish_run(pub, subject, payloads)
+            router.publish_run(pub, subject, _tails(payloads))
         else:
             for p in payloads:
                 router.publish(pub, subject, b"", 0, p)
         results.append(clients)
     return results[0], results[1]
+
+
+def _tails(payloads: list[bytes]) -> list[bytes]:
+    return [b"%d\r\n%b\r\n" % (len(p), p) for p in payloads]
 
 
 def _outs(clients: list[FakeClient]) -> list[bytes]:
@@ -246,9 +277,8 @@ def test_fan_out_run_bytes_equal_one_by_one() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(RUN_MIN, 60), st.integers(0, 40), st.binary(min_size=1, max_size=30))
-def test_any_payload_run_equals_one_by_one(count: int, size: int, fill: bytes) -> None:
-    payloads = [(fill * (size + 1))[i : i + size].ljust(size, b"\r") for i in range(count)]
+@given(st.lists(st.binary(max_size=40), min_size=RUN_MIN, max_size=60))
+def test_any_payload_run_equals_one_by_one(payloads: list[bytes]) -> None:
     one, run = _one_by_one_and_run(FAN, b"a.b", payloads)
     assert _outs(run) == _outs(one)
 
@@ -256,7 +286,7 @@ def test_any_payload_run_equals_one_by_one(count: int, size: int, fill: bytes) -
 def test_no_subscriber_run_is_dropped_and_counted() -> None:
     router = Router()
     before = router.sublist.stats().matches
-    router.publish_run(FakeClient(router), b"nobody", PAYLOADS)
+    router.publish_run(FakeClient(router), b"nobody", _tails(PAYLOADS))
     assert router.sublist.stats().matches == before + len(PAYLOADS)
 
 
@@ -297,7 +327,7 @@ def test_queue_group_run_picks_a_member_per_message() -> None:
     specs = [(i, b"work", b"grp", b"%d" % i) for i in range(3)] + [(3, b"work", None, b"9")]
     router, clients, _subs = _world(specs)
     payloads = [b"%05d" % i for i in range(3000)]
-    router.publish_run(FakeClient(router), b"work", payloads)
+    router.publish_run(FakeClient(router), b"work", _tails(payloads))
     got = [_frames(bytes(c.out)) for c in clients]
     counts = [len(g) for g in got[:3]]
     assert sum(counts) == len(payloads)
@@ -313,7 +343,7 @@ def test_queue_group_run_picks_a_member_per_message() -> None:
 def test_queue_members_on_one_client_go_message_by_message() -> None:
     specs = [(0, b"job", b"q", b"1"), (0, b"job", b"q", b"2")]
     router, clients, subs = _world(specs)
-    router.publish_run(FakeClient(router), b"job", PAYLOADS)
+    router.publish_run(FakeClient(router), b"job", _tails(PAYLOADS))
     frames = _frames(bytes(clients[0].out))
     assert [f[2] for f in frames] == PAYLOADS  # one stream, in publish order
     assert Counter(f[1] for f in frames).keys() <= {b"1", b"2"}

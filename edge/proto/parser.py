@@ -68,6 +68,10 @@ def _size(raw: bytes) -> int:
 # subject are usually unique (request inboxes) and are not kept. Bounded.
 _PUB_LINES: dict[bytes, tuple[bytes, bytes, int]] = {}
 _PUB_LINES_MAX = 8192
+# The subset of those lines in canonical form ("<subject> <size>\r", the size
+# without leading zeros), with their size: only these can start or continue a run
+# (see ClientParser.sink). Filled and cleared with _PUB_LINES.
+_RUN_LINES: dict[bytes, int] = {}
 
 
 def _pub_line(line: bytes) -> tuple[bytes, bytes, int]:
@@ -82,12 +86,36 @@ def _pub_line(line: bytes) -> tuple[bytes, bytes, int]:
         raise errors.BAD_ARGUMENTS
     if not raw_size.isdigit() or len(raw_size) > 9:
         raise errors.BAD_ARGUMENTS
-    parsed = (subject, reply, int(raw_size))
+    size = int(raw_size)
+    parsed = (subject, reply, size)
     if not reply:
         if len(_PUB_LINES) >= _PUB_LINES_MAX:
             _PUB_LINES.clear()
+            _RUN_LINES.clear()
         _PUB_LINES[line] = parsed
+        if line == b"%b %d\r" % (subject, size):
+            _RUN_LINES[line] = size
     return parsed
+
+
+def _new_run_line(args: bytes, digits_at: int) -> int:
+    """The size in PUB arguments not seen before, if canonical for a run
+    (``<subject> <size>\\r``, the subject known good); else -1."""
+    digits = args[digits_at:-1]
+    if (
+        args[-1:] != b"\r"
+        or not digits.isdigit()
+        or len(digits) > 9
+        or (digits[0] == 48 and len(digits) > 1)
+    ):
+        return -1
+    _pub_line(args)  # cannot fail now; caches the line for the next time
+    return int(digits)
+
+
+def run_payload(tail: bytes) -> bytes:
+    """The payload in a run's tail (``<size>\\r\\n<payload>\\r\\n``)."""
+    return tail[tail.index(b"\n") + 1 : -2]
 
 
 class FrameParser:
@@ -190,19 +218,20 @@ class FrameParser:
         self._need = 0
 
 
-# Takes a run of plain messages: their subject and their payloads, in order.
+# Takes a run of plain messages: their subject and their tails, in order (see
+# ClientParser._run: each tail is ``<size>\r\n<payload>\r\n``).
 RunSink = Callable[[bytes, list[bytes]], None]
 
 
 class ClientParser(FrameParser):
     """Parser for what a client sends: CONNECT, PUB, HPUB, SUB, UNSUB, PING, PONG.
 
-    With a ``sink``, consecutive plain PUBs with the same control line (same
-    subject, no reply, same size: what a device publishing a stream sends) are
-    not turned into events: the sink gets each such run as the subject and a
-    list of payloads, synchronously during ``feed``. Only while this ``feed``
-    has produced no event yet, so the caller still sees everything in order:
-    runs first, then the events from the first non-run operation on.
+    With a ``sink``, consecutive plain PUBs on the same subject (no reply, the
+    control line in canonical form: what a client publishing a stream sends)
+    are not turned into events: the sink gets each such run as the subject and
+    a list of frame tails (``_run``), synchronously during ``feed``. Only while
+    this ``feed`` has produced no event yet, so the caller still sees everything
+    in order: runs first, then the events from the first non-run operation on.
     """
 
     __slots__ = ("sink",)
@@ -226,6 +255,7 @@ class ClientParser(FrameParser):
         max_payload = self.max_payload
         new = _new_pub
         pub_lines_get = _PUB_LINES.get
+        run_lines_get = _RUN_LINES.get
         n = len(data)
         sink = self.sink
         pos = self._resume(data, events)
@@ -235,7 +265,8 @@ class ClientParser(FrameParser):
             resumed = events[0]
             if type(resumed) is Pub and not resumed.reply and not resumed.hdr:
                 events.clear()
-                sink(resumed.subject, [resumed.data])
+                payload = resumed.data
+                sink(resumed.subject, [b"%d\r\n%b\r\n" % (len(payload), payload)])
         while pos < n:
             nl = find(b"\n", pos)
             if nl < 0:
@@ -260,24 +291,11 @@ class ClientParser(FrameParser):
                         append(new(Pub, (subject, reply, 0, data[start:stop])))
                         pos = stop + 2
                         continue
-                    # A run: the frames that follow with the very same control
-                    # line cost a prefix test, a bounds test and a slice each.
-                    # The first frame that differs (or is cut off, or malformed)
-                    # ends the run and is parsed again by the general path.
-                    line = data[pos:start]
-                    skip = start - pos
-                    step = skip + size + 2
-                    payloads = [data[start:stop]]
-                    add = payloads.append
-                    pos = stop + 2
-                    last = n - step
-                    while pos <= last and startswith(line, pos):
-                        end = pos + step
-                        if data[end - 2] != 13 or data[end - 1] != 10:
-                            break
-                        add(data[pos + skip : end - 2])
-                        pos = end
-                    sink(subject, payloads)
+                    if run_lines_get(line) is None:  # not canonical: not copied as is
+                        append(new(Pub, (subject, b"", 0, data[start:stop])))
+                        pos = stop + 2
+                        continue
+                    pos = self._run(data, pos, nl, size, subject, sink)
                     continue
                 self._take_payload(data, start, size, (subject, reply, 0), events)
                 return
@@ -285,6 +303,59 @@ class ClientParser(FrameParser):
             pos = self._control(data, pos, end, nl, events)
             if pos < 0:
                 return
+
+    def _run(self, data: bytes, pos: int, nl: int, size: int, subject: bytes, sink: RunSink) -> int:
+        """Hand the sink the run of plain PUBs on ``subject`` starting at ``pos``
+        (its first frame checked by the caller); return where the run ends.
+
+        A frame belongs to the run if its control line is ``PUB <subject>
+        <size>\\r\\n`` in canonical form, and its tail (what follows the subject
+        and its space: size line, payload, CRLF) is then exactly what a MSG frame
+        carries after its sid. A frame with the previous frame's line costs a
+        prefix test, a bounds test and a slice. The first frame that is anything
+        else (cut off, malformed, another operation) ends the run and is parsed
+        again by the general path.
+        """
+        startswith = data.startswith
+        find = data.find
+        run_lines_get = _RUN_LINES.get
+        mcl = self.max_control_line + 1
+        max_payload = self.max_payload
+        n = len(data)
+        skip = 5 + len(subject)  # b"PUB " + subject + b" "
+        prefix = data[pos : pos + skip]
+        line = data[pos : nl + 1]
+        step = nl + 1 - pos + size + 2
+        end = pos + step
+        tails = [data[pos + skip : end]]
+        add = tails.append
+        pos = end
+        while pos < n:
+            if startswith(line, pos):
+                end = pos + step
+                if end > n or data[end - 2] != 13 or data[end - 1] != 10:
+                    break
+            elif startswith(prefix, pos):
+                nl = find(b"\n", pos, pos + mcl + 5)
+                if nl < 0:
+                    break
+                args = data[pos + 4 : nl]
+                size = run_lines_get(args, -1)
+                if size < 0:
+                    size = _new_run_line(args, skip - 4)
+                if size < 0 or size > max_payload:
+                    break
+                line = data[pos : nl + 1]
+                step = nl + 1 - pos + size + 2
+                end = pos + step
+                if end > n or data[end - 2] != 13 or data[end - 1] != 10:
+                    break
+            else:
+                break
+            add(data[pos + skip : end])
+            pos = end
+        sink(subject, tails)
+        return pos
 
     def _control(self, data: bytes, pos: int, end: int, nl: int, events: list[Event]) -> int:
         """Every operation but the plain upper-case ``PUB`` fast path."""
