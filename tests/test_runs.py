@@ -1,4 +1,4 @@
-"""Runs of plain PUBs: the parser's run sink and the router's bulk framing.
+"""Runs of plain PUBs: the parser's Run events and the router's bulk framing.
 
 A run (consecutive PUBs with the same control line) must be delivered exactly as
 the same messages one by one: same events in the same order from the parser, same
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from edge.proto import errors
 from edge.proto.errors import CloseReason
-from edge.proto.events import PING, Event, ParseFailed, Pub, Sub
+from edge.proto.events import PING, Event, ParseFailed, Pub, Run, Sub
 from edge.proto.parser import ClientParser, run_payload
 from edge.router import RUN_MIN, Router, Subscription
 
@@ -32,26 +32,28 @@ def _pub(subject: bytes, payload: bytes, reply: bytes = b"") -> bytes:
 
 
 class Recorder:
-    """Feeds a parser with a sink; records runs and events in delivery order."""
+    """Feeds a parser with runs on; records the runs and every message, in order."""
 
     def __init__(self) -> None:
         self.parser = ClientParser()
-        self.parser.sink = self.sink
+        self.parser.runs = True
         self.seen: list[Event] = []
         self.runs: list[int] = []
 
-    def sink(self, subject: bytes, tails: list[bytes]) -> None:
-        self.runs.append(len(tails))
-        for tail in tails:
-            payload = run_payload(tail)
-            assert tail == b"%d\r\n%b\r\n" % (len(payload), payload)  # canonical
-            self.seen.append(Pub(subject, b"", 0, payload))
-
     def feed(self, data: bytes) -> None:
-        self.seen.extend(self.parser.feed(data))
+        for event in self.parser.feed(data):
+            if isinstance(event, Run):
+                assert len(event.tails) >= 2
+                self.runs.append(len(event.tails))
+                for tail in event.tails:
+                    payload = run_payload(tail)
+                    assert tail == b"%d\r\n%b\r\n" % (len(payload), payload)  # canonical
+                    self.seen.append(Pub(event.subject, b"", 0, payload))
+            else:
+                self.seen.append(event)
 
 
-def test_a_run_goes_to_the_sink_in_one_call() -> None:
+def test_a_run_is_one_event() -> None:
     rec = Recorder()
     payloads = [b"%03d" % i for i in range(50)]
     rec.feed(b"".join(_pub(b"a.b", p) for p in payloads))
@@ -63,21 +65,21 @@ def test_a_run_is_one_subject_whatever_the_sizes() -> None:
     rec = Recorder()
     data = _pub(b"a", b"x") * 3 + _pub(b"a", b"yy") + _pub(b"b", b"z") * 2 + _pub(b"a", b"x")
     rec.feed(data)
-    assert rec.runs == [4, 2, 1]
+    assert rec.runs == [4, 2]  # a lone PUB stays a Pub
     assert rec.seen == ClientParser().feed(data)
 
 
 @pytest.mark.parametrize(
     ("odd", "runs"),
     [
-        # not canonical: an event, and so is everything after it in this read
-        (b"PUB a 01\r\nx\r\n", [2]),  # leading zero: a MSG frame says 1
-        (b"PUB a  1\r\nx\r\n", [2]),  # two spaces
-        (b"PUB a 1 \r\nx\r\n", [2]),  # trailing space
-        (b"PUB a 1\nx\r\n", [2]),  # bare LF
-        # canonical, another subject with the same start: a run of its own
-        (b"PUB a.b 1\r\nx\r\n", [2, 1, 2]),
-        (b"PUB ab 1\r\nx\r\n", [2, 1, 2]),
+        # not canonical: a Pub of its own between two runs
+        (b"PUB a 01\r\nx\r\n", [2, 2]),  # leading zero: a MSG frame says 1
+        (b"PUB a  1\r\nx\r\n", [2, 2]),  # two spaces
+        (b"PUB a 1 \r\nx\r\n", [2, 2]),  # trailing space
+        (b"PUB a 1\nx\r\n", [2, 2]),  # bare LF
+        # another subject with the same start
+        (b"PUB a.b 1\r\nx\r\n", [2, 2]),
+        (b"PUB ab 1\r\nx\r\n", [2, 2]),
     ],
 )
 def test_only_canonical_lines_of_the_subject_continue_a_run(odd: bytes, runs: list[int]) -> None:
@@ -88,11 +90,11 @@ def test_only_canonical_lines_of_the_subject_continue_a_run(odd: bytes, runs: li
     assert rec.seen == ClientParser().feed(data)
 
 
-def test_operations_after_the_first_event_stay_events_in_order() -> None:
+def test_runs_and_other_operations_keep_their_order() -> None:
     rec = Recorder()
     data = _pub(b"a", b"1") * 4 + b"SUB a 1\r\n" + _pub(b"a", b"2") * 4 + b"PING\r\n"
     rec.feed(data)
-    assert rec.runs == [4]  # the PUBs after SUB must wait for it to be handled
+    assert rec.runs == [4, 4]
     assert rec.seen == [
         *[Pub(b"a", b"", 0, b"1")] * 4,
         Sub(b"a", None, b"1"),
@@ -109,13 +111,13 @@ def test_replies_and_headers_are_never_in_a_run() -> None:
     assert rec.seen == ClientParser().feed(data)
 
 
-def test_a_frame_cut_by_the_read_ends_the_run_and_resumes_into_the_sink() -> None:
+def test_a_frame_cut_by_the_read_ends_the_run() -> None:
     rec = Recorder()
     data = _pub(b"a", b"abcdef") * 5
     rec.feed(data[:-4])
     assert rec.runs == [4]
     rec.feed(data[-4:])
-    assert rec.runs == [4, 1]  # the completed message still goes to the sink
+    assert rec.runs == [4]  # the completed message comes as a Pub
     assert rec.seen == ClientParser().feed(data)
 
 

@@ -24,7 +24,6 @@ nothing and bounds the memory a hostile client can make us hold.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from edge.proto import errors
@@ -37,11 +36,12 @@ from edge.proto.events import (
     Info,
     ParseFailed,
     Pub,
+    Run,
     Sub,
     Unsub,
 )
 
-_new_pub = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+_new_pub = _new_run = tuple.__new__  # skips NamedTuple's Python-level __new__
 _SEPARATORS = b" \t"
 
 
@@ -70,7 +70,7 @@ _PUB_LINES: dict[bytes, tuple[bytes, bytes, int]] = {}
 _PUB_LINES_MAX = 8192
 # The subset of those lines in canonical form ("<subject> <size>\r", the size
 # without leading zeros), with their size: only these can start or continue a run
-# (see ClientParser.sink). Filled and cleared with _PUB_LINES.
+# (see ClientParser._run). Filled and cleared with _PUB_LINES.
 _RUN_LINES: dict[bytes, int] = {}
 
 
@@ -218,27 +218,19 @@ class FrameParser:
         self._need = 0
 
 
-# Takes a run of plain messages: their subject and their tails, in order (see
-# ClientParser._run: each tail is ``<size>\r\n<payload>\r\n``).
-RunSink = Callable[[bytes, list[bytes]], None]
-
-
 class ClientParser(FrameParser):
     """Parser for what a client sends: CONNECT, PUB, HPUB, SUB, UNSUB, PING, PONG.
 
-    With a ``sink``, consecutive plain PUBs on the same subject (no reply, the
+    With ``runs`` on, consecutive plain PUBs on the same subject (no reply, the
     control line in canonical form: what a client publishing a stream sends)
-    are not turned into events: the sink gets each such run as the subject and
-    a list of frame tails (``_run``), synchronously during ``feed``. Only while
-    this ``feed`` has produced no event yet, so the caller still sees everything
-    in order: runs first, then the events from the first non-run operation on.
+    come as one ``Run`` event instead of one ``Pub`` each (see ``_run``).
     """
 
-    __slots__ = ("sink",)
+    __slots__ = ("runs",)
 
     def __init__(self, max_control_line: int = 4096, max_payload: int = 1024 * 1024) -> None:
         super().__init__(max_control_line, max_payload)
-        self.sink: RunSink | None = None
+        self.runs = False
 
     def _emit(self, fields: tuple[Any, ...], payload: bytes) -> Pub:
         subject, reply, hdr = fields
@@ -257,16 +249,10 @@ class ClientParser(FrameParser):
         pub_lines_get = _PUB_LINES.get
         run_lines_get = _RUN_LINES.get
         n = len(data)
-        sink = self.sink
+        runs = self.runs
         pos = self._resume(data, events)
         if pos < 0:
             return
-        if events and sink is not None:
-            resumed = events[0]
-            if type(resumed) is Pub and not resumed.reply and not resumed.hdr:
-                events.clear()
-                payload = resumed.data
-                sink(resumed.subject, [b"%d\r\n%b\r\n" % (len(payload), payload)])
         while pos < n:
             nl = find(b"\n", pos)
             if nl < 0:
@@ -287,15 +273,20 @@ class ClientParser(FrameParser):
                 if stop + 2 <= n:
                     if data[stop] != 13 or data[stop + 1] != 10:  # no slice: no allocation
                         raise errors.UNKNOWN_OP
-                    if sink is None or events or reply:
-                        append(new(Pub, (subject, reply, 0, data[start:stop])))
-                        pos = stop + 2
+                    # The next frame on the same subject starts a run (the
+                    # first test is the one that fails on a mixed stream).
+                    if (
+                        runs
+                        and startswith(subject, stop + 6)
+                        and not reply
+                        and startswith(b"PUB ", stop + 2)
+                        and data[stop + 6 + len(subject) : stop + 7 + len(subject)] == b" "
+                        and run_lines_get(line) is not None
+                    ):
+                        pos = self._run(data, pos, nl, size, subject, events)
                         continue
-                    if run_lines_get(line) is None:  # not canonical: not copied as is
-                        append(new(Pub, (subject, b"", 0, data[start:stop])))
-                        pos = stop + 2
-                        continue
-                    pos = self._run(data, pos, nl, size, subject, sink)
+                    append(new(Pub, (subject, reply, 0, data[start:stop])))
+                    pos = stop + 2
                     continue
                 self._take_payload(data, start, size, (subject, reply, 0), events)
                 return
@@ -304,9 +295,11 @@ class ClientParser(FrameParser):
             if pos < 0:
                 return
 
-    def _run(self, data: bytes, pos: int, nl: int, size: int, subject: bytes, sink: RunSink) -> int:
-        """Hand the sink the run of plain PUBs on ``subject`` starting at ``pos``
-        (its first frame checked by the caller); return where the run ends.
+    def _run(
+        self, data: bytes, pos: int, nl: int, size: int, subject: bytes, events: list[Event]
+    ) -> int:
+        """Emit the run of plain PUBs on ``subject`` starting at ``pos`` (its first
+        frame checked by the caller) as a ``Run``; return where the run ends.
 
         A frame belongs to the run if its control line is ``PUB <subject>
         <size>\\r\\n`` in canonical form, and its tail (what follows the subject
@@ -323,6 +316,7 @@ class ClientParser(FrameParser):
         max_payload = self.max_payload
         n = len(data)
         skip = 5 + len(subject)  # b"PUB " + subject + b" "
+        nl_first, size_first = nl, size
         prefix = data[pos : pos + skip]
         line = data[pos : nl + 1]
         step = nl + 1 - pos + size + 2
@@ -354,7 +348,11 @@ class ClientParser(FrameParser):
                 break
             add(data[pos + skip : end])
             pos = end
-        sink(subject, tails)
+        if len(tails) == 1:  # the next frame was not one of the run after all
+            start = nl_first + 1
+            events.append(_new_pub(Pub, (subject, b"", 0, data[start : start + size_first])))
+        else:
+            events.append(_new_run(Run, (subject, tails)))
         return pos
 
     def _control(self, data: bytes, pos: int, end: int, nl: int, events: list[Event]) -> int:
