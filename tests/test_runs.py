@@ -161,7 +161,7 @@ _ops = st.sampled_from(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_ops, max_size=40), st.data())
-def test_sink_and_events_give_the_plain_parse_in_order(
+def test_runs_and_events_give_the_plain_parse_in_order(
     ops: list[bytes], data: st.DataObject
 ) -> None:
     stream = b"".join(ops)
