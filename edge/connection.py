@@ -27,8 +27,8 @@ import trio
 from edge.log import get_logger
 from edge.proto import errors
 from edge.proto.errors import CloseReason, ProtocolError
-from edge.proto.events import Connect, Info, ParseFailed, Ping, Pong, Pub, Sub, Unsub
-from edge.proto.parser import ClientParser
+from edge.proto.events import Connect, Info, ParseFailed, Ping, Pong, Pub, Run, Sub, Unsub
+from edge.proto.parser import ClientParser, run_payload
 from edge.proto.session import ClientSession, ConnectOptions, publish_deliverable
 from edge.router import _SIZE_LINES, Subscription, _size_line
 from edge.subjects import is_valid_publish_subject
@@ -146,6 +146,7 @@ class ClientConnection:
         self.activity = False
         self.in_msgs = self.in_bytes = self.out_msgs_done = self.out_bytes = 0
         self.started = trio.current_time()
+        self.parser.runs = True  # runs of PUBs are framed in bulk (Router.publish_run)
 
     # ---- output -------------------------------------------------------------
 
@@ -357,6 +358,8 @@ class ClientConnection:
                             self._no_responders(subject, reply)
                         continue
                     on_pub(event)
+                elif type(event) is Run:
+                    pubs += self._on_run(event.subject, event.tails, valid, fast)
                 else:
                     if type(event) is Connect:
                         limit = self.parser.max_payload
@@ -400,6 +403,28 @@ class ClientConnection:
             self.send(OK)
         if not self.router.publish(self, subject, reply, hdr, data) and reply:
             self._no_responders(subject, reply)
+
+    def _on_run(self, subject: bytes, tails: list[bytes], valid: set[bytes], fast: bool) -> int:
+        """A run of plain PUBs on one subject; the number routed in bulk.
+
+        Outside the fast path (before CONNECT, verbose, a subject not seen yet)
+        the first message takes the checked path; the rest follow it in bulk if
+        that found the subject good, else take the checked path too.
+        """
+        if not (fast and subject in valid):
+            on_pub = self._on_pub
+            on_pub(Pub(subject, b"", 0, run_payload(tails[0])))
+            if not (fast and subject in valid):
+                for tail in tails[1:]:
+                    if self.close_reason is not None:
+                        break
+                    on_pub(Pub(subject, b"", 0, run_payload(tail)))
+                return 0
+            if self.close_reason is not None:
+                return 0
+            del tails[0]
+        self.router.publish_run(self, subject, tails)
+        return len(tails)
 
     def _denied(self, subject: bytes) -> bool:
         """Whether a publish was refused by permissions (no +OK then, as nats-server)."""

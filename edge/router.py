@@ -14,13 +14,16 @@ from __future__ import annotations
 
 # getrandbits(30) % n: a uniform enough pick among a few members (bias < 1e-8),
 # half the cost of int(random() * n) on the queue-group hot path.
-from random import getrandbits
+from random import getrandbits, randbytes
 from typing import Protocol
 
 from edge.proto.errors import CloseReason
+from edge.proto.parser import run_payload
 from edge.sublist import Sublist, SublistResult
 
 NO_RESPONDERS_HDR = b"NATS/1.0 503\r\n\r\n"
+# Shorter runs go message by message: framing a run has a fixed cost.
+RUN_MIN = 4
 
 
 # b"<size>\r\n" for payload sizes seen so far (bounded: sizes repeat a lot).
@@ -227,6 +230,37 @@ class Router:
             self._forward(origin, subject, reply, hdr, data, queues)
         return True
 
+    def publish_run(self, origin: Subscriber, subject: bytes, tails: list[bytes]) -> None:
+        """Deliver a run of plain messages (no reply, no headers) on ``subject``
+        as ``publish`` would one by one, but framed per subscriber in bulk.
+
+        ``tails`` are the frames after the subject (``<size>\\r\\n<payload>\\r\\n``,
+        see edge.proto.parser.ClientParser): a MSG frame is its start
+        (``MSG <subject> <sid> ``) and a tail, so a subscriber's share of a run
+        is one join. Used only when nothing can happen mid-run that one-by-one
+        delivery would see: every target is a socket client framed inline, each
+        client appears once (so no two copies can interleave differently), none
+        has an UNSUB max, the echo rule excludes nobody, and even if every
+        message went to one member no output buffer would pass its stall mark
+        (so no slow consumer or backlog can start mid-run). Queue groups still
+        pick a random member per message. Anything else, and links or a store,
+        goes message by message.
+        """
+        count = len(tails)
+        if count >= RUN_MIN and not self.links and self.store is None:
+            plain, queues = self.sublist.match_many(subject, 0)
+            if not plain and not queues:
+                self.sublist.match_many(subject, count)  # nobody here: all dropped
+                return
+            size = sum(map(len, tails)) + count * (len(subject) + 6)  # all but the sids
+            if _run_fits(origin, plain, queues, count, size):
+                self.sublist.match_many(subject, count)
+                _frame_run(subject, tails, plain, queues)
+                return
+        publish = self.publish
+        for tail in tails:
+            publish(origin, subject, b"", 0, run_payload(tail))
+
     def _forward(
         self,
         origin: object,
@@ -295,3 +329,79 @@ class Router:
             targets.extend(s for s in members if s.client is origin)
         for sub in targets:
             sub.client.deliver(sub, reply, b"", len(NO_RESPONDERS_HDR), NO_RESPONDERS_HDR)
+
+
+def _run_fits(
+    origin: Subscriber,
+    plain: tuple[Subscription, ...],
+    queues: tuple[tuple[bytes, tuple[Subscription, ...]], ...],
+    count: int,
+    size: int,
+) -> bool:
+    """Whether a run of ``count`` messages, ``size`` bytes framed (without the
+    sids), can be framed in bulk (see publish_run)."""
+    clients = set()
+    targets = len(plain)
+    for _queue, members in queues:
+        targets += len(members)
+    for group in (plain, *(members for _queue, members in queues)):
+        for sub in group:
+            client = sub.client
+            if (
+                not client.inline
+                or sub.max_msgs
+                or (client is origin and not origin.echo)
+                or len(client.out) + size + count * len(sub.sid) > client.stall_mark
+            ):
+                return False
+            clients.add(id(client))
+    return len(clients) == targets
+
+
+def _frame_run(
+    subject: bytes,
+    tails: list[bytes],
+    plain: tuple[Subscription, ...],
+    queues: tuple[tuple[bytes, tuple[Subscription, ...]], ...],
+) -> None:
+    """Append the run's frames to each target (checked by _run_fits)."""
+    # Subscribers with the same frame start (same sid, the published subject)
+    # share one joined body: clients number their first subscriptions alike.
+    joined: dict[bytes, bytes] = {}
+    for sub in plain:
+        _append_frames(sub, subject, tails, joined)
+    for _queue, members in queues:
+        n = len(members)
+        if n == 1:
+            _append_frames(members[0], subject, tails, joined)
+            continue
+        shares: list[list[bytes]] = [[] for _ in range(n)]
+        adds = [share.append for share in shares]
+        # One random 32-bit word per message (bias < n / 2**32), drawn in one call.
+        picks = memoryview(randbytes(4 * len(tails))).cast("I")
+        for pick, tail in zip(picks, tails, strict=True):
+            adds[pick % n](tail)
+        for sub, share in zip(members, shares, strict=True):
+            if share:
+                _append_frames(sub, subject, share, None)
+
+
+def _append_frames(
+    sub: Subscription,
+    subject: bytes,
+    tails: list[bytes],
+    joined: dict[bytes, bytes] | None,
+) -> None:
+    client = sub.client
+    head = sub.head if subject == sub.subject else b"MSG %b %b " % (subject, sub.sid)
+    body = joined.get(head) if joined is not None else None
+    if body is None:
+        body = head.join(tails)
+        if joined is not None:
+            joined[head] = body
+    out = client.out
+    out += head
+    out += body
+    sub.delivered += len(tails)
+    if not client.wake_pending:
+        client.appended(sub)

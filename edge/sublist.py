@@ -142,6 +142,14 @@ class Sublist(Generic[T]):
         except KeyError:
             return self._match_miss(subject)
 
+    def match_many(self, subject: bytes, count: int) -> SublistResult[T]:
+        """``match`` for ``count`` messages on ``subject`` at once (counted as many)."""
+        self._matches += count
+        try:
+            return self._cache[subject]
+        except KeyError:
+            return self._match_miss(subject)
+
     def _match_miss(self, subject: bytes) -> SublistResult[T]:
         self._misses += 1
         result = self._collect(subject)

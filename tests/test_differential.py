@@ -602,6 +602,60 @@ SESSIONS: list[Session] = [
         ],
         [*msg("MSG fan 1 1", b"0"), *msg("MSG fan 10 1", b"0"), *msg("MSG fan 11 1", b"0")],
     ),
+    # ---- runs: many PUBs on one subject in one read (framed in bulk by leafgate) ------
+    session(
+        "run_to_wildcards_and_unsub_max",
+        [
+            S(QUIET + b"SUB run.x 1\r\nSUB run.* 2\r\nSUB > 3\r\nUNSUB 1 5\r\n", "a"),
+            S(QUIET + b"SUB run.> 1\r\nSUB run.x 2\r\n", "b"),
+            Sync("a"),
+            Sync("b"),
+            S(QUIET + b"SUB run.x 7\r\n", "p"),
+            Sync("p"),
+            S(b"".join(b"PUB run.x %d\r\n%d\r\n" % (len(str(i)), i) for i in range(40)), "p"),
+            S(b"".join(b"PUB run.y 3\r\nabc\r\n" for _ in range(6)), "p"),
+        ],
+        {
+            "a": [
+                *msg("MSG run.x 1 1", b"0"),
+                *msg("MSG run.x 1 1", b"4"),
+                *msg("MSG run.y 3 3", b"abc"),
+            ],
+            "b": [*msg("MSG run.x 1 2", b"39"), *msg("MSG run.y 1 3", b"abc")],
+            "p": [*msg("MSG run.x 7 1", b"0"), *msg("MSG run.x 7 2", b"39")],
+        },
+    ),
+    session(
+        "run_one_subscription_per_client",
+        [
+            S(QUIET + b"SUB run2.x 1\r\n", "a"),
+            S(QUIET + b"SUB run2.* 5\r\n", "b"),
+            S(QUIET + b"SUB > 1\r\n", "c"),
+            Sync("a"),
+            Sync("b"),
+            Sync("c"),
+            S(
+                QUIET + b"".join(b"PUB run2.x %d\r\n%d\r\n" % (len(str(i)), i) for i in range(120)),
+                "p",
+            ),
+            S(b"".join(b"PUB run2.y 2\r\nab\r\n" for _ in range(9)) + b"PING\r\n", "p"),
+        ],
+        {
+            "a": [*msg("MSG run2.x 1 1", b"0"), *msg("MSG run2.x 1 3", b"119")],
+            "b": [*msg("MSG run2.x 5 3", b"119"), *msg("MSG run2.y 5 2", b"ab")],
+            "c": [*msg("MSG run2.x 1 2", b"10"), *msg("MSG run2.y 1 2", b"ab")],
+        },
+    ),
+    session(
+        "run_echo_off_skips_the_publisher",
+        [
+            S(connect(verbose=False, echo=False) + b"SUB loop 1\r\nSUB loop.* 2\r\n", "p"),
+            S(QUIET + b"SUB loop 9\r\n", "o"),
+            Sync("o"),
+            S(b"".join(b"PUB loop 4\r\n%04d\r\n" % i for i in range(12)), "p"),
+        ],
+        {"o": [*msg("MSG loop 9 4", b"0000"), *msg("MSG loop 9 4", b"0011")]},
+    ),
 ]
 
 

@@ -122,6 +122,27 @@ SESSIONS: list[Session] = [
         config=PERMS,
     ),
     session(
+        # Runs (many PUBs on one subject in a read): each denied one is refused.
+        "perm_publish_runs",
+        [
+            S(login("all") + b"SUB foo.> 1\r\n", "s"),
+            Sync("s"),
+            S(login("pub"), "p"),
+            Sync("p"),
+            S(
+                b"".join(b"PUB foo.secret 2\r\nxy\r\n" for _ in range(5))
+                + b"".join(b"PUB foo.ok %d\r\n%d\r\n" % (len(str(i)), i) for i in range(12))
+                + b"".join(b"PUB bar 1\r\nz\r\n" for _ in range(4)),
+                "p",
+            ),
+        ],
+        {
+            "p": [*[pv_pub("foo.secret")] * 5, *[pv_pub("bar")] * 4],
+            "s": seq(msg("MSG foo.ok 1 1", b"0"), msg("MSG foo.ok 1 2", b"11")),
+        },
+        config=PERMS,
+    ),
+    session(
         "perm_publish_matrix",
         [
             login("pub"),

@@ -15,7 +15,9 @@ without permissions, to separate the two costs).
 from __future__ import annotations
 
 import json
+import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .cases import throughput
@@ -149,3 +151,59 @@ AUTH_RUNNERS: dict[str, Runner] = {
     "pub_sub_128_auth": _pub_sub_config(_USER_ONLY_NATS, _USER_ONLY_TOML),
     "pub_sub_128_perms": _pub_sub_config(_PERMS_NATS, _PERMS_TOML),
 }
+
+
+# (case, its baseline, what is compared): the targets' form ("authentication adds
+# <= 10% to connection setup time", "permission checks cost <= 15% of throughput").
+OVERHEADS = (
+    ("connect_token", "connect_none", "setup"),
+    ("connect_user", "connect_none", "setup"),
+    ("connect_nkey", "connect_none", "setup"),
+    ("pub_sub_128_auth", "pub_sub_128", "throughput"),
+    ("pub_sub_128_perms", "pub_sub_128", "throughput"),
+)
+
+
+def _paired(case: Sequence[Any], base: Sequence[Any], key: str | None, setup: bool) -> float:
+    """The median over runs of a case's overhead against its baseline's same run
+    (the cases alternate within a run, so run i of both saw the same machine)."""
+    values = []
+    for m, b in zip(case, base, strict=False):
+        x, y = (m.value, b.value) if key is None else (m.extra[key], b.extra[key])
+        if setup:  # setup time is 1 / rate, server CPU is per setup
+            values.append((y / x - 1) if key is None else (x / y - 1))
+        else:  # throughput given up
+            values.append(1 - x / y)
+    return float(statistics.median(values)) * 100
+
+
+def overheads(
+    names: Sequence[str], results: dict[str, dict[str, Any]]
+) -> tuple[list[str], dict[str, Any]]:
+    """Lines after the table and their JSON form: what authentication adds to
+    connection setup (wall time and the server's CPU per setup) and what it and
+    permission checks take from pub/sub throughput, per side, run-paired medians."""
+    lines: list[str] = []
+    data: dict[str, Any] = {}
+    for name, base, kind in OVERHEADS:
+        if name not in names or base not in names:
+            continue
+        entry: dict[str, Any] = {"baseline": base}
+        parts = []
+        for side, res in results[name].items():
+            runs, base_runs = res.runs, results[base][side].runs
+            if not runs or not base_runs:
+                continue
+            if kind == "setup":
+                wall = _paired(runs, base_runs, None, True)
+                cpu = _paired(runs, base_runs, "server_us", True)
+                entry[side] = {"setup_time_pct": round(wall, 1), "server_cpu_pct": round(cpu, 1)}
+                parts.append(f"{side}: setup time {wall:+.1f}%, server CPU per setup {cpu:+.1f}%")
+            else:
+                cost = _paired(runs, base_runs, None, False)
+                entry[side] = {"throughput_cost_pct": round(cost, 1)}
+                parts.append(f"{side}: throughput {-cost:+.1f}%")
+        if parts:
+            data[name] = entry
+            lines.append(f"{name} vs {base}: " + "; ".join(parts))
+    return (["overheads (run-paired medians):", *lines] if lines else []), data

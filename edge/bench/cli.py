@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .authcases import AUTH_RUNNERS
+from .authcases import AUTH_RUNNERS, overheads
 from .cases import CLIENT_RUNNERS
 from .common import (
     CASES,
@@ -231,13 +231,17 @@ def _print_results(
     if store_lines:
         print()
         print("\n".join(store_lines))
+    overhead_lines, data_overheads = overheads(names, results)
+    if overhead_lines:
+        print()
+        print("\n".join(overhead_lines))
     if busiest > OTHER_CPU_WARN:
         print(
             f"WARNING: other processes on this machine used up to {busiest:.2f} CPU during "
             "the measurements; throughput figures are contended (compare ratios only)"
         )
     print(f"\ntotal time {elapsed:.0f} s")
-    return data, bool(failed)
+    return {"cases": data, "overheads": data_overheads}, bool(failed)
 
 
 def main(argv: list[str]) -> int:
@@ -287,7 +291,7 @@ def main(argv: list[str]) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "elapsed_s": round(elapsed, 1),
-            "cases": data,
+            **data,
         }
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return 1 if failed else 0

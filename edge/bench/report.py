@@ -30,6 +30,8 @@ def run_summary(case: Case, m: Measurement) -> str:
         if "hub_cpu" in m.extra:
             msg += f", hub {m.extra['hub_cpu']:.2f} CPU"
         msg += f", other processes {m.extra['other_cpu']:.2f} CPU]"
+    if "server_us" in m.extra:
+        msg += f"  [server {m.extra['server_us']:.0f} us CPU per setup]"
     if "outage_ms" in m.extra:
         msg += f"  [kill -> hub back {m.extra['restart_ms']:.0f} ms"
         msg += f", kill -> message through {m.extra['outage_ms']:.0f} ms]"

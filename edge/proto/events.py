@@ -28,6 +28,17 @@ class Pub(NamedTuple):
     data: bytes
 
 
+class Run(NamedTuple):
+    """Consecutive plain PUBs on one subject (no reply, no headers), as a
+    ``ClientParser`` with ``runs`` on emits them: at least two. Each tail is what
+    follows the subject in the PUB frame, ``<size>\\r\\n<payload>\\r\\n``, which
+    is also what a MSG frame carries after its sid (see ``ClientParser._run``).
+    """
+
+    subject: bytes
+    tails: list[bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class Connect:
     """CONNECT with its JSON argument still undecoded (the session decodes it)."""
@@ -75,4 +86,4 @@ class ParseFailed:
 PING = Ping()
 PONG = Pong()
 
-Event = Pub | Connect | Sub | Unsub | Ping | Pong | Info | ParseFailed
+Event = Pub | Run | Connect | Sub | Unsub | Ping | Pong | Info | ParseFailed

@@ -36,11 +36,12 @@ from edge.proto.events import (
     Info,
     ParseFailed,
     Pub,
+    Run,
     Sub,
     Unsub,
 )
 
-_new_pub = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+_new_pub = _new_run = tuple.__new__  # skips NamedTuple's Python-level __new__
 _SEPARATORS = b" \t"
 
 
@@ -65,12 +66,18 @@ def _size(raw: bytes) -> int:
 # a device publishes the same "subject size" line over and over, and a dict hit
 # is far cheaper than splitting and converting it again. Lines with a reply
 # subject are usually unique (request inboxes) and are not kept. Bounded.
-_PUB_LINES: dict[bytes, tuple[bytes, bytes, int]] = {}
+_PUB_LINES: dict[bytes, tuple[bytes, bytes, int, int]] = {}
 _PUB_LINES_MAX = 8192
+# The subset of those lines in canonical form ("<subject> <size>\r", the size
+# without leading zeros), with their size: only these can start or continue a run
+# (see ClientParser._run). Filled and cleared with _PUB_LINES.
+_RUN_LINES: dict[bytes, int] = {}
 
 
-def _pub_line(line: bytes) -> tuple[bytes, bytes, int]:
-    """Subject, reply and size from the arguments of a PUB line."""
+def _pub_line(line: bytes) -> tuple[bytes, bytes, int, int]:
+    """Subject, reply and size from the arguments of a PUB line, and where the
+    next frame would have the space after the subject if it continued a run
+    (0: this line cannot start one: a reply, or not in canonical form)."""
     args = line.split()
     if len(args) == 2:
         subject, raw_size = args
@@ -81,12 +88,38 @@ def _pub_line(line: bytes) -> tuple[bytes, bytes, int]:
         raise errors.BAD_ARGUMENTS
     if not raw_size.isdigit() or len(raw_size) > 9:
         raise errors.BAD_ARGUMENTS
-    parsed = (subject, reply, int(raw_size))
+    size = int(raw_size)
+    canonical = not reply and line == b"%b %d\r" % (subject, size)
+    # frame end + CRLF + "PUB " + subject: the space that must follow it
+    parsed = (subject, reply, size, len(subject) + 6 if canonical else 0)
     if not reply:
         if len(_PUB_LINES) >= _PUB_LINES_MAX:
             _PUB_LINES.clear()
+            _RUN_LINES.clear()
         _PUB_LINES[line] = parsed
+        if canonical:
+            _RUN_LINES[line] = size
     return parsed
+
+
+def _new_run_line(args: bytes, digits_at: int) -> int:
+    """The size in PUB arguments not seen before, if canonical for a run
+    (``<subject> <size>\\r``, the subject known good); else -1."""
+    digits = args[digits_at:-1]
+    if (
+        args[-1:] != b"\r"
+        or not digits.isdigit()
+        or len(digits) > 9
+        or (digits[0] == 48 and len(digits) > 1)
+    ):
+        return -1
+    _pub_line(args)  # cannot fail now; caches the line for the next time
+    return int(digits)
+
+
+def run_payload(tail: bytes) -> bytes:
+    """The payload in a run's tail (``<size>\\r\\n<payload>\\r\\n``)."""
+    return tail[tail.index(b"\n") + 1 : -2]
 
 
 class FrameParser:
@@ -190,9 +223,18 @@ class FrameParser:
 
 
 class ClientParser(FrameParser):
-    """Parser for what a client sends: CONNECT, PUB, HPUB, SUB, UNSUB, PING, PONG."""
+    """Parser for what a client sends: CONNECT, PUB, HPUB, SUB, UNSUB, PING, PONG.
 
-    __slots__ = ()
+    With ``runs`` on, consecutive plain PUBs on the same subject (no reply, the
+    control line in canonical form: what a client publishing a stream sends)
+    come as one ``Run`` event instead of one ``Pub`` each (see ``_run``).
+    """
+
+    __slots__ = ("runs",)
+
+    def __init__(self, max_control_line: int = 4096, max_payload: int = 1024 * 1024) -> None:
+        super().__init__(max_control_line, max_payload)
+        self.runs = False
 
     def _emit(self, fields: tuple[Any, ...], payload: bytes) -> Pub:
         subject, reply, hdr = fields
@@ -210,7 +252,7 @@ class ClientParser(FrameParser):
         new = _new_pub
         pub_lines_get = _PUB_LINES.get
         n = len(data)
-        pos = 0
+        runs = self.runs
         pos = self._resume(data, events)
         if pos < 0:
             return
@@ -226,7 +268,7 @@ class ClientParser(FrameParser):
                 known = pub_lines_get(line)
                 if known is None:
                     known = _pub_line(line)
-                subject, reply, size = known
+                subject, reply, size, run_at = known
                 if size > max_payload:
                     raise errors.MAX_PAYLOAD
                 start = nl + 1
@@ -234,6 +276,19 @@ class ClientParser(FrameParser):
                 if stop + 2 <= n:
                     if data[stop] != 13 or data[stop + 1] != 10:  # no slice: no allocation
                         raise errors.UNKNOWN_OP
+                    # The next frame on the same subject starts a run. The first
+                    # tests (a space where the subject would end) cost no call:
+                    # they are what a stream mixing subjects pays per message.
+                    if (
+                        run_at
+                        and runs
+                        and stop + run_at < n
+                        and data[stop + run_at] == 32
+                        and startswith(subject, stop + 6)
+                        and startswith(b"PUB ", stop + 2)
+                    ):
+                        pos = self._run(data, pos, nl, size, subject, events)
+                        continue
                     append(new(Pub, (subject, reply, 0, data[start:stop])))
                     pos = stop + 2
                     continue
@@ -243,6 +298,66 @@ class ClientParser(FrameParser):
             pos = self._control(data, pos, end, nl, events)
             if pos < 0:
                 return
+
+    def _run(
+        self, data: bytes, pos: int, nl: int, size: int, subject: bytes, events: list[Event]
+    ) -> int:
+        """Emit the run of plain PUBs on ``subject`` starting at ``pos`` (its first
+        frame checked by the caller) as a ``Run``; return where the run ends.
+
+        A frame belongs to the run if its control line is ``PUB <subject>
+        <size>\\r\\n`` in canonical form, and its tail (what follows the subject
+        and its space: size line, payload, CRLF) is then exactly what a MSG frame
+        carries after its sid. A frame with the previous frame's line costs a
+        prefix test, a bounds test and a slice. The first frame that is anything
+        else (cut off, malformed, another operation) ends the run and is parsed
+        again by the general path.
+        """
+        startswith = data.startswith
+        find = data.find
+        run_lines_get = _RUN_LINES.get
+        mcl = self.max_control_line + 1
+        max_payload = self.max_payload
+        n = len(data)
+        skip = 5 + len(subject)  # b"PUB " + subject + b" "
+        nl_first, size_first = nl, size
+        prefix = data[pos : pos + skip]
+        line = data[pos : nl + 1]
+        step = nl + 1 - pos + size + 2
+        end = pos + step
+        tails = [data[pos + skip : end]]
+        add = tails.append
+        pos = end
+        while pos < n:
+            if startswith(line, pos):
+                end = pos + step
+                if end > n or data[end - 2] != 13 or data[end - 1] != 10:
+                    break
+            elif startswith(prefix, pos):
+                nl = find(b"\n", pos, pos + mcl + 5)
+                if nl < 0:
+                    break
+                args = data[pos + 4 : nl]
+                size = run_lines_get(args, -1)
+                if size < 0:
+                    size = _new_run_line(args, skip - 4)
+                if size < 0 or size > max_payload:
+                    break
+                line = data[pos : nl + 1]
+                step = nl + 1 - pos + size + 2
+                end = pos + step
+                if end > n or data[end - 2] != 13 or data[end - 1] != 10:
+                    break
+            else:
+                break
+            add(data[pos + skip : end])
+            pos = end
+        if len(tails) == 1:  # the next frame was not one of the run after all
+            start = nl_first + 1
+            events.append(_new_pub(Pub, (subject, b"", 0, data[start : start + size_first])))
+        else:
+            events.append(_new_run(Run, (subject, tails)))
+        return pos
 
     def _control(self, data: bytes, pos: int, end: int, nl: int, events: list[Event]) -> int:
         """Every operation but the plain upper-case ``PUB`` fast path."""
