@@ -66,7 +66,6 @@ PROTOCOL_VERSION = "2.10.0"
 FIRST_PING_DELAY = 2.0
 TICK = 0.25
 STALL_MAX = 0.05  # longest a publisher is held back per read
-ADMIN_SERVICE_DELAY = 0.25  # seconds after listening before the admin service loads
 SETTLE_MAX = 2.0  # longest a stop waits for the hub to confirm what is in flight
 
 
@@ -304,10 +303,7 @@ class Server:
 
     async def _admin_service(self) -> None:
         """$SRV discovery and the admin API over NATS (edge.service), imported
-        after the listener is up: it is not on the cold-start path. Importing
-        it takes ~30 ms of the event loop: the first clients (a supervisor's
-        probe, a test harness) are greeted first."""
-        await trio.sleep(ADMIN_SERVICE_DELAY)
+        after the listener is up: it is not on the cold-start path."""
         from edge.service import AdminService
 
         await AdminService(self).run()

@@ -26,11 +26,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from edge import monitor_edge as me
-from edge import monitor_snap as snap
 from edge import service_json as sj
 from edge.log import get_logger
-from edge.monitor_json import rfc3339
 
 if TYPE_CHECKING:
     from edge.local import LocalClient, LocalMsg, LocalSubscription
@@ -142,15 +139,28 @@ class AdminService:
 
     # ---- endpoints ----------------------------------------------------------------
 
+    # The monitoring modules (edge.monitor_*, ~20 ms to import) are imported at
+    # the first request, not when the service starts: it starts with the server,
+    # and the first clients should not wait for them.
+
     async def _backlog(self) -> dict[str, object]:
+        from edge import monitor_edge as me
+        from edge import monitor_snap as snap
+
         store = await snap.store_snap(self.server)
         return me.storez(self.server.server_id, time.time_ns(), store)
 
     async def _bridges(self) -> dict[str, object]:
+        from edge import monitor_edge as me
+
         statuses = [bridge.status() for bridge in self.server.bridges]
         return me.bridgez(self.server.server_id, time.time_ns(), statuses)
 
     async def _status(self) -> dict[str, object]:
+        from edge import monitor_edge as me
+        from edge import monitor_snap as snap
+        from edge.monitor_json import rfc3339
+
         server = self.server
         now = time.time_ns()
         _code, health = me.healthz(snap.health_snap(server), True)
