@@ -132,8 +132,15 @@ def _scenario(edge: ServerProcess, url: str, proxy: ThreadedProxy) -> None:
     assert 0 < rate <= 20 / 1.0  # 20 confirmed since a sample at least 1 s old
 
     _slow_consumer(edge)
+    # Quiet: the slow consumer counted and both its connection and the
+    # publisher's gone (else the gauge and /varz, read one after the other,
+    # can see a connection between them being torn down).
     quiet = wait_metrics(
-        url, lambda s: s[("leafgate_slow_consumers_total", ())] == 1, what="a slow consumer"
+        url,
+        lambda s: (
+            s[("leafgate_slow_consumers_total", ())] == 1 and s[("leafgate_connections", ())] == 0
+        ),
+        what="a slow consumer, then no connection",
     )
     varz = get_json(url + "/varz")
     for name, key in (
