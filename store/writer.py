@@ -206,17 +206,7 @@ class Store:
             seq = self.next_seq
             self.next_seq = seq + 1
             record = Record(seq, group, _now_ms(), subject, None, data, True, reply)
-            size = record.size
-            state = self.groups.states[group]
-            state.count += 1
-            state.bytes += size
-            state.accepted += 1
-            self.pending.append(record)
-            self.pending_bytes += size
-            if self.pending_bytes > PENDING_HOLD:
-                self.congested = True
-            if not self._work_pending:
-                self._wake_writer()
+            self._enqueue(record, self.groups.states[group])
             return
         self._accept(origin, group, subject, reply, hdr, data)
 
@@ -251,7 +241,10 @@ class Store:
         memory = state.spec.durability == "memory"
         if memory:
             self._memory_seq = seq
-        record = Record(seq, group, now, subject, header, payload, not memory, reply)
+        self._enqueue(Record(seq, group, now, subject, header, payload, not memory, reply), state)
+
+    def _enqueue(self, record: Record, state: GroupState) -> None:
+        """Count an accepted record in and hand it to the commit loop."""
         state.add(record.size)
         self.pending.append(record)
         self.pending_bytes += record.size
