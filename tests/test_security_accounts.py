@@ -86,18 +86,23 @@ async def test_account_and_user_limits(leafgate_factory: ServerFactory) -> None:
         await client.aclose()
 
 
-def test_uplink_bound_to_local_account(tmp_path: Path) -> None:
-    """Only account B's subjects go up the link; A's stay local."""
-    hub = start_hub(tmp_path / "hub", jetstream=False)
-    toml = (
+def _a_and_b_linked_as_b(leaf_port: int) -> str:
+    """Accounts A and B (users a and b) and one hub link carrying B."""
+    return (
         "[accounts.A]\n"
         'users = [{ user = "a", password = "p" }]\n'
         "[accounts.B]\n"
         'users = [{ user = "b", password = "p" }]\n'
         "[[leafnodes.remotes]]\n"
-        f'url = "nats-leaf://127.0.0.1:{hub.leaf_port}"\n'
+        f'url = "nats-leaf://127.0.0.1:{leaf_port}"\n'
         'local_account = "B"\n'
     )
+
+
+def test_uplink_bound_to_local_account(tmp_path: Path) -> None:
+    """Only account B's subjects go up the link; A's stay local."""
+    hub = start_hub(tmp_path / "hub", jetstream=False)
+    toml = _a_and_b_linked_as_b(hub.leaf_port)
     edge = start_leafgate(config_text=toml, tmp_path=tmp_path / "edge")
     try:
 
@@ -214,15 +219,7 @@ def test_the_store_takes_the_account_of_its_link(tmp_path: Path) -> None:
 
     hub = start_js_hub(tmp_path)
     store_dir = tmp_path / "store"
-    toml = (
-        "[accounts.A]\n"
-        'users = [{ user = "a", password = "p" }]\n'
-        "[accounts.B]\n"
-        'users = [{ user = "b", password = "p" }]\n'
-        "[[leafnodes.remotes]]\n"
-        f'url = "nats-leaf://127.0.0.1:{hub.leaf_port}"\n'
-        'local_account = "B"\n' + store_toml(store_dir)
-    )
+    toml = _a_and_b_linked_as_b(hub.leaf_port) + store_toml(store_dir)
     edge = start_leafgate(config_text=toml, tmp_path=tmp_path / "edge")
     try:
 
