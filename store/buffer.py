@@ -335,37 +335,10 @@ def _row_records(conn: sqlite3.Connection, batch: int, after: int) -> Iterator[R
     if row is None:
         return
     gid, ts, body, bits = int(row[0]), int(row[1]), bytes(row[3]), row[4] or b""
-    # Once per message read back (a replay, a drain): no object for what is skipped.
-    unpack = rows.ENTRY.unpack_from
-    head = rows.ENTRY.size
-    end = len(body)
-    off = 0
-    index = -1
-    while off < end:
-        dseq, dts, ls, lh, ld = unpack(body, off)
-        off += head
-        index += 1
-        seq = batch + dseq
-        hdr_len = lh - 1 if lh else 0
-        stop = off + ls + hdr_len + ld
-        if stop > end or not ls:
-            raise sqlite3.DatabaseError(f"stored row {batch} does not decode")
-        if seq <= after or (bits and rows.is_gone(bits, index)):
-            off = stop
-            continue
-        cut = off + ls
-        rec = Record(
-            seq,
-            gid,
-            ts + dts,
-            body[off:cut],
-            body[cut : cut + hdr_len] if lh else None,
-            body[cut + hdr_len : stop],
-        )
-        rec.batch = batch
-        rec.index = index
-        yield rec
-        off = stop
+    try:
+        yield from rows.records(batch, ts, body, gid, after, bits)
+    except ValueError as exc:
+        raise sqlite3.DatabaseError(f"stored row {batch} does not decode: {exc}") from None
 
 
 def totals(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:

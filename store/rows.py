@@ -66,22 +66,6 @@ def checksum(body: bytes) -> int:
     return zlib.crc32(body)
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One message read back from a row."""
-
-    index: int
-    seq: int
-    ts: int
-    subject: bytes
-    hdr: bytes | None
-    data: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.subject) + len(self.data) + (len(self.hdr) if self.hdr else 0)
-
-
 def pack(records: Sequence[Record]) -> list[Row]:
     """Rows holding *records* (each row one group's, in sequence order, within
     the row limits). Sets each record's ``batch`` and ``index``: where it is
@@ -142,30 +126,46 @@ def _seq(rec: Record) -> int:
     return rec.seq
 
 
-def entries(first_seq: int, ts: int, body: bytes) -> Iterator[Entry]:
-    """The messages of a row, in order. Raises ValueError on a body that does
-    not decode (a damaged row)."""
+def records(
+    batch: int, ts: int, body: bytes, group: int, after: int = 0, bits: bytes = b""
+) -> Iterator[Record]:
+    """The messages of row *batch* (first published at *ts*) as Records of
+    *group*, in order, with their place (``batch``, ``index``); those at or
+    below sequence *after* or marked in *bits* are skipped without making an
+    object (once per message read back: a replay, a drain). Raises ValueError
+    on a body that does not decode (a damaged row)."""
     unpack = ENTRY.unpack_from
     head = ENTRY.size
     end = len(body)
     off = 0
-    index = 0
+    index = -1
     while off < end:
         if off + head > end:
             raise ValueError("row body cut inside an entry header")
         dseq, dts, ls, lh, ld = unpack(body, off)
         off += head
+        index += 1
+        seq = batch + dseq
         hdr_len = lh - 1 if lh else 0
         stop = off + ls + hdr_len + ld
-        if stop > end or ls == 0:
+        if stop > end or not ls:
             raise ValueError("row body cut inside a message")
-        subject = body[off : off + ls]
-        off += ls
-        hdr = body[off : off + hdr_len] if lh else None
-        off += hdr_len
-        yield Entry(index, first_seq + dseq, ts + dts, subject, hdr, body[off:stop])
+        if seq <= after or (bits and is_gone(bits, index)):
+            off = stop
+            continue
+        cut = off + ls
+        rec = Record(
+            seq,
+            group,
+            ts + dts,
+            body[off:cut],
+            body[cut : cut + hdr_len] if lh else None,
+            body[cut + hdr_len : stop],
+        )
+        rec.batch = batch
+        rec.index = index
+        yield rec
         off = stop
-        index += 1
 
 
 def heads(first_seq: int, ts: int, body: bytes) -> list[tuple[int, int, int]]:

@@ -45,7 +45,7 @@ def test_pack_then_read_back_is_exact(records: list[Record]) -> None:
     seen: dict[int, tuple[int, int, bytes, bytes | None, bytes, int, int]] = {}
     for row in packed:
         assert row.msgs <= rows.ROW_MSGS
-        got = list(rows.entries(row.first_seq, row.ts, row.body))
+        got = list(rows.records(row.first_seq, row.ts, row.body, row.group))
         assert len(got) == row.msgs and got[0].seq == row.first_seq and got[-1].seq == row.last_seq
         assert [e.seq for e in got] == sorted(e.seq for e in got)
         assert sum(e.size for e in got) == row.size
@@ -74,7 +74,7 @@ def test_rows_are_cut_at_their_limits() -> None:
 def test_a_damaged_body_does_not_decode(cut: int) -> None:
     (row,) = rows.pack([Record(s, 0, 5, b"subj", b"hdr", b"data" * 3) for s in (1, 2, 3)])
     with pytest.raises(ValueError):
-        list(rows.entries(row.first_seq, row.ts, row.body[:-cut]))
+        list(rows.records(row.first_seq, row.ts, row.body[:-cut], 0))
     with pytest.raises(ValueError):
         rows.heads(row.first_seq, row.ts, row.body[:-cut])
     assert rows.checksum(row.body) != rows.checksum(row.body[:-cut] + b"\0" * cut)
