@@ -13,6 +13,7 @@ same for both; unqualified, ``messages`` names the temporary one first.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
 
@@ -43,10 +44,7 @@ def fill(conn: sqlite3.Connection) -> None:
         "CREATE TEMP TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, grp INTEGER,"
         " ts INTEGER, subject BLOB, size INTEGER, batch INTEGER, idx INTEGER)"
     )
-    own = not conn.in_transaction
-    if own:
-        conn.execute("BEGIN")
-    try:
+    with _snapshot(conn):
         conn.execute("DELETE FROM temp.messages")
         conn.executemany(
             "INSERT INTO temp.messages VALUES (?,?,?,?,?,?,?)",
@@ -55,9 +53,6 @@ def fill(conn: sqlite3.Connection) -> None:
                 for r in buffer.iter_stored(conn)
             ),
         )
-    finally:
-        if own and conn.in_transaction:
-            conn.execute("COMMIT")
 
 
 def ensure(conn: sqlite3.Connection) -> None:
@@ -78,13 +73,21 @@ def payloads(
             if wanted(seq, bytes(subject)):
                 yield seq, gid, ts, bytes(subject), bytes(hdr) if hdr is not None else None, data
         return
+    with _snapshot(conn):
+        for r in buffer.iter_stored(conn):
+            if wanted(r.seq, r.subject):
+                yield r.seq, r.group, r.ts, r.subject, r.hdr, r.data
+
+
+@contextlib.contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Within the caller's transaction if it has one, else one of our own:
+    every read inside sees one state of a store the server goes on writing."""
     own = not conn.in_transaction
     if own:
         conn.execute("BEGIN")
     try:
-        for r in buffer.iter_stored(conn):
-            if wanted(r.seq, r.subject):
-                yield r.seq, r.group, r.ts, r.subject, r.hdr, r.data
+        yield
     finally:
         if own and conn.in_transaction:
             conn.execute("COMMIT")
