@@ -36,8 +36,7 @@ from edge.auth.settings import (
     find_export,
     matching_export,
 )
-from edge.proto.errors import CloseReason
-from edge.router import Router, Subscription
+from edge.router import InProcessSubscriber, Router, Subscription
 
 MAX_HOPS = 2
 RESPONSES_MAX = 10_000
@@ -108,15 +107,10 @@ def inverse(remote: bytes, local: bytes) -> bytes:
     return b".".join(out)
 
 
-class _Internal:
+class _Internal(InProcessSubscriber):
     """A subscriber inside the server (no socket)."""
 
     echo = True
-    local = True
-    inline = False
-    wake_pending = True
-    stall_mark = 1 << 62
-    close_reason: CloseReason | None = None
     hops = 0  # imports the message being delivered has crossed (all bridges share it)
 
     def __init__(self) -> None:

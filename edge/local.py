@@ -31,9 +31,8 @@ import trio
 
 from edge.log import RateLimitedWarning, get_logger
 from edge.proto.encoder import encode_headers, parse_headers
-from edge.proto.errors import CloseReason
 from edge.proto.ids import nuid
-from edge.router import Subscription
+from edge.router import InProcessSubscriber, Subscription
 from edge.subjects import is_valid_publish_subject, is_valid_subject
 
 if TYPE_CHECKING:
@@ -160,17 +159,10 @@ class LocalSubscription:
             self._wake.set()
 
 
-class LocalClient:
+class LocalClient(InProcessSubscriber):
     """An in-process NATS client; make one with ``Server.local_client(name)``."""
 
-    # What the router reads (edge.router.Subscriber). ``inline`` False sends
-    # every delivery through ``deliver`` (the router's framing is for sockets).
-    local = True
-    inline = False
-    echo = False
-    wake_pending = True
-    stall_mark = 1 << 62
-    close_reason: CloseReason | None = None
+    echo = False  # its own messages never come back to it
 
     def __init__(self, server: Server, name: str) -> None:
         self.server = server

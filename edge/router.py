@@ -64,6 +64,19 @@ class Subscriber(Protocol):
     ) -> None: ...
 
 
+class InProcessSubscriber:
+    """The Subscriber attributes of a subscriber inside the server (no socket):
+    every delivery through ``deliver`` (no frames to build), never a slow
+    consumer, never closed by the router. Subclasses say ``echo`` and define
+    ``out``, ``appended`` and ``deliver``."""
+
+    local = True
+    inline = False
+    wake_pending = True
+    stall_mark = 1 << 62
+    close_reason: CloseReason | None = None
+
+
 class Subscription:
     """One SUB of one connection. Mutable: it counts its deliveries for UNSUB max."""
 
