@@ -18,7 +18,7 @@ from random import getrandbits, randbytes
 from typing import Protocol
 
 from edge.proto.errors import CloseReason
-from edge.proto.parser import run_payload
+from edge.proto.parser import run_payload, run_payloads
 from edge.sublist import Sublist, SublistResult
 
 NO_RESPONDERS_HDR = b"NATS/1.0 503\r\n\r\n"
@@ -119,6 +119,8 @@ class Store(Protocol):
     def accept(
         self, origin: object, group: int, subject: bytes, reply: bytes, hdr: int, data: bytes
     ) -> None: ...
+    def takes_run(self, group: int) -> bool: ...
+    def accept_run(self, group: int, subject: bytes, payloads: list[bytes]) -> None: ...
 
 
 class Router:
@@ -256,23 +258,46 @@ class Router:
         has an UNSUB max, the echo rule excludes nobody, and even if every
         message went to one member no output buffer would pass its stall mark
         (so no slow consumer or backlog can start mid-run). Queue groups still
-        pick a random member per message. Anything else, and links or a store,
-        goes message by message.
+        pick a random member per message. Anything else goes message by message,
+        and so do runs with links up, unless the store takes them whole.
         """
         count = len(tails)
-        if count >= RUN_MIN and not self.links and self.store is None:
-            plain, queues = self.sublist.match_many(subject, 0)
-            if not plain and not queues:
-                self.sublist.match_many(subject, count)  # nobody here: all dropped
-                return
-            size = sum(map(len, tails)) + count * (len(subject) + 6)  # all but the sids
-            if _run_fits(origin, plain, queues, count, size):
-                self.sublist.match_many(subject, count)
-                _frame_run(subject, tails, plain, queues)
-                return
+        if count >= RUN_MIN:
+            store = self.store
+            if store is None:
+                if not self.links and self._deliver_run(origin, subject, tails):
+                    return
+            else:
+                # A stored subject's messages go up through the store only (never
+                # straight to a link), so a run the store takes whole is routed
+                # in bulk with the links up too; it is checked first, so that
+                # nothing is delivered locally for a run that then goes one by one.
+                group = store.classify(subject)
+                if (
+                    group >= 0
+                    and store.takes_run(group)
+                    and self._deliver_run(origin, subject, tails)
+                ):
+                    store.accept_run(group, subject, run_payloads(tails))
+                    return
         publish = self.publish
         for tail in tails:
             publish(origin, subject, b"", 0, run_payload(tail))
+
+    def _deliver_run(self, origin: Subscriber, subject: bytes, tails: list[bytes]) -> bool:
+        """Frame a run to its local subscribers in bulk, if it fits (see
+        publish_run); False, with nothing delivered, if it must go one by one."""
+        count = len(tails)
+        plain, queues = self.sublist.match_many(subject, 0)
+        if not plain and not queues:
+            self.sublist.match_many(subject, count)  # nobody here
+            return True
+        size = sum(map(len, tails)) + count * (len(subject) + 6)  # all but the sids
+        if not _run_fits(origin, plain, queues, count, size):
+            return False
+        self.sublist.match_many(subject, count)
+        _frame_run(subject, tails, plain, queues)
+        return True
 
     def _forward(
         self,

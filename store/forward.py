@@ -95,28 +95,47 @@ class Forwarder:
         PubAcks among them are confirmed to the store in one call."""
         done: list[Record] = []
         inbox = self.inbox
-        window = self.window
+        cut = len(inbox)
+        ack = self.window.ack
         for subject, payload in replies:
-            seq = ack_seq(subject, inbox)
-            if seq is None:
-                channel = self._lookups.get(subject)
-                if channel is not None:
-                    # A second answer to one lookup is ignored.
-                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                        channel.send_nowait(payload)
-                continue
-            ok, error = pub_ack_ok(payload)
-            if not ok:
-                self.nacked += 1
-                self._warn_once("hub_refused_message", seq=seq, error=error)
-                continue  # stays in flight: resent after the ack timeout
-            record = window.ack(seq)
-            if record is not None:
-                done.append(record)
+            tail = subject[cut:]
+            if (
+                subject.startswith(inbox)
+                and tail.isdigit()
+                and len(tail) <= 19
+                and b'"error"' not in payload
+                and b'"seq"' in payload
+                and b'"stream"' in payload
+            ):
+                # A PubAck (pub_ack_ok's fast case, inline: once per message).
+                record = ack(int(tail))
+                if record is not None:
+                    done.append(record)
+            else:
+                self._other_reply(subject, payload, done)
         if done:
             self.acked += len(done)
             self.store.confirmed(done)
             self._woken()
+
+    def _other_reply(self, subject: bytes, payload: bytes, done: list[Record]) -> None:
+        """A lookup's answer, or a JetStream reply that is not a plain PubAck."""
+        seq = ack_seq(subject, self.inbox)
+        if seq is None:
+            channel = self._lookups.get(subject)
+            if channel is not None:
+                # A second answer to one lookup is ignored.
+                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                    channel.send_nowait(payload)
+            return
+        ok, error = pub_ack_ok(payload)
+        if not ok:
+            self.nacked += 1
+            self._warn_once("hub_refused_message", seq=seq, error=error)
+            return  # stays in flight: resent after the ack timeout
+        record = self.window.ack(seq)
+        if record is not None:
+            done.append(record)
 
     def on_pong(self, mark: int) -> None:
         done = self.window.confirm_through(mark)
@@ -204,19 +223,27 @@ class Forwarder:
         inbox = self.inbox
         out = bytearray()
         mark = -1
+        add = self.window.add
+        modes = self.modes
+        subject = None
+        allowed = False
+        route: tuple[bytes, ...] = ()
         for rec in records:
-            if rec.seq > self.cursor:
-                self.cursor = rec.seq
-            if not link.may_send(rec.subject):
-                self._warn_once("forward_denied", subject=rec.subject.decode(errors="replace"))
+            if rec.subject != subject:  # records come in runs of one subject
+                subject = rec.subject
+                allowed = link.may_send(subject)
+                route = link.route(subject) or ()
+            if not allowed:
+                self._warn_once("forward_denied", subject=subject.decode(errors="replace"))
                 self.denied.append(rec)
                 continue
-            route = link.route(rec.subject) or ()
             out += encode_stored(rec, gateway, inbox, route)
-            how = self.modes.get(rec.group, Confirm.JETSTREAM)
-            self.window.add(rec, how, now)
+            how = modes.get(rec.group, Confirm.JETSTREAM)
+            add(rec, how, now)
             if how is Confirm.LINK:
                 mark = rec.seq
+        if records and records[-1].seq > self.cursor:
+            self.cursor = records[-1].seq  # records come in sequence order
         self.sent += len(records)
         link.send(bytes(out))
         if mark >= 0:

@@ -59,10 +59,10 @@ class GroupState:
         spec = self.spec
         return not (spec.max_msgs or spec.max_bytes)
 
-    def add(self, size: int) -> None:
-        self.count += 1
+    def add(self, size: int, count: int = 1) -> None:
+        self.count += count
         self.bytes += size
-        self.accepted += 1
+        self.accepted += count
 
     def remove(self, size: int) -> None:
         self.count = max(0, self.count - 1)

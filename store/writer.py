@@ -45,7 +45,7 @@ import trio
 
 from edge.config import ForwardGroup, StoreConfig
 from edge.log import RateLimitedWarning, get_logger
-from store import buffer, db, housekeeping
+from store import buffer, db, failures, housekeeping
 from store.acks import ErrorSender, PublisherAcks, ReplySender
 from store.buffer import Trim
 from store.dedup import msg_id_of
@@ -195,12 +195,7 @@ class Store:
         self, origin: object, group: int, subject: bytes, reply: bytes, hdr: int, data: bytes
     ) -> None:
         """Take one local message for the hub (or refuse it by its group's policy)."""
-        if (
-            not hdr
-            and self._plain[group]
-            and self.pending_bytes <= PENDING_MAX
-            and not (self.low_disk or self.disk_full or self.commit_failures)
-        ):
+        if not hdr and self.takes_run(group):
             # The common case, kept short (once per message): no header (so no
             # Nats-Msg-Id), no limit to check, written to disk, PONGs not held.
             seq = self.next_seq
@@ -209,6 +204,30 @@ class Store:
             self._enqueue(record, self.groups.states[group])
             return
         self._accept(origin, group, subject, reply, hdr, data)
+
+    def takes_run(self, group: int) -> bool:
+        """Whether header-less messages of *group* need nothing but storing now:
+        no limit to check, written to disk, no PONG held (the short path)."""
+        return self._plain[group] and not (
+            self.pending_bytes > PENDING_MAX
+            or self.low_disk
+            or self.disk_full
+            or self.commit_failures
+        )
+
+    def accept_run(self, group: int, subject: bytes, payloads: list[bytes]) -> None:
+        """Take messages without reply or headers on one subject of a group that
+        ``takes_run``, as ``accept`` would one by one."""
+        seq = self.next_seq
+        self.next_seq = seq + len(payloads)
+        now = _now_ms()
+        records = [
+            Record(s, group, now, subject, None, data) for s, data in enumerate(payloads, seq)
+        ]
+        size = len(subject) * len(payloads) + sum(map(len, payloads))
+        self.groups.states[group].add(size, len(records))
+        self.pending += records
+        self._pending_added(size)
 
     def _accept(
         self, origin: object, group: int, subject: bytes, reply: bytes, hdr: int, data: bytes
@@ -247,7 +266,10 @@ class Store:
         """Count an accepted record in and hand it to the commit loop."""
         state.add(record.size)
         self.pending.append(record)
-        self.pending_bytes += record.size
+        self._pending_added(record.size)
+
+    def _pending_added(self, size: int) -> None:
+        self.pending_bytes += size
         if self.pending_bytes > PENDING_HOLD:
             self.congested = True
         if not self._work_pending:
@@ -546,7 +568,7 @@ class Store:
         except sqlite3.Error as exc:
             failed = True
             _unplace(inserts)
-            return self._commit_failed(exc, batch, spill, deletes)
+            return failures.commit_failed(self, exc, batch, spill, deletes)
         finally:
             if result is None and not failed:
                 # Cancelled before the worker thread took the batch (a stop):
@@ -664,79 +686,6 @@ class Store:
         self._full_retry = False
         self.acks.after_commit(self.committed_seq)
         self._release()
-
-    def _commit_failed(
-        self, exc: sqlite3.Error, batch: list[Record], spill: list[Record], deletes: list[Record]
-    ) -> bool:
-        """A full disk drops the batch by policy; any other error keeps it for a retry."""
-        text = str(exc)
-        self.last_error = text
-        self._deletes[:0] = deletes
-        full = "full" in text.lower()
-        if not full:
-            log.error("store_commit_failed", error=text, batch=len(batch))
-            self._put_back(batch, spill, [])
-            return False
-        self.disk_full = True
-        self._split_deletes = True
-        log.error("store_disk_full", error=text, batch=len(batch), path=str(self.directory))
-        oldest_first = [
-            r for r in batch if self.groups.states[r.group].spec.policy == "drop_oldest"
-        ]
-        if oldest_first and not self._full_retry:
-            # Policy drop_oldest: free as much as the batch needs, then retry it once.
-            self._full_retry = True
-            for rec in oldest_first:
-                self._free_bytes[rec.group] = self._free_bytes.get(rec.group, 0) + rec.size
-            self._put_back(batch, spill, [])
-            return False
-        self._full_retry = False
-        if self._split >= 0:
-            on_disk = sum(1 for r in batch if r.on_disk)
-            if on_disk > 1:
-                # Keep what fits: the older half first (drop_newest, reject).
-                self._split = max(1, (self._split or on_disk) // 2)
-                self._put_back(batch, spill, [])
-                return False
-            self._split = -1  # not even one fitted
-        lost = [r for r in batch if r.on_disk]
-        for rec in lost:
-            state = self.groups.states[rec.group]
-            state.remove(rec.size)
-            state.note_drop(REASON_DISK_FULL)
-            msg_id = msg_id_of(rec.hdr)
-            if msg_id is not None:
-                self.acks.window.forget(rec.group, msg_id, rec.seq)  # a retry may store it
-            self.acks.fail(rec.reply, "store is full (disk_full)")
-            rec.reply = b""
-        if lost:
-            first = self.groups.states[lost[0].group]
-            self._log_drop(first, REASON_DISK_FULL, "dropped", len(lost))
-        # Spilled memory-mode records stay in memory (their publishers were told
-        # they are held) and are tried again; memory-mode records of the batch
-        # that were not to be written go on as if committed, unless the
-        # reservation of their sequences was in the transaction that failed:
-        # then they are committed again (alone: no row to write), so none goes
-        # up before a restart is sure to start past it.
-        confirming = self._confirming
-        self._spill[:0] = [r for r in spill if r.seq not in confirming]
-        if self._spill:
-            self._spill_stuck = True
-            self.data_ready.set()  # the forwarder may send them now
-            self.data_ready = trio.Event()
-        unwritten = [r for r in batch if not r.on_disk]
-        if unwritten and self._memory_seq > self._recorded_seq:
-            self.pending[:0] = unwritten
-            self.pending_bytes += sum(r.size for r in unwritten)
-            unwritten = []
-        self._after_commit(unwritten, buffer.CommitResult(0, [], False), 0)
-        self.last_error = text  # _after_commit cleared it
-        if lost:
-            self.committed_seq = max(self.committed_seq, lost[-1].seq)
-            self.acks.after_commit(self.committed_seq)  # their publishers were told
-        self._committed.set()
-        self._committed = trio.Event()
-        return False
 
     def _release(self) -> None:
         if self.congested and self.pending_bytes <= PENDING_HOLD:

@@ -599,3 +599,76 @@ def test_round_trip_split_anywhere(frames: list[tuple[bytes, Any]], cuts: list[i
 def test_round_trip_byte_by_byte(frames: list[tuple[bytes, Any]]) -> None:
     data = b"".join(raw for raw, _ in frames)
     assert feed_pieces([data[i : i + 1] for i in range(len(data))]) == [v for _, v in frames]
+
+
+# ---- the one-regex path for plain LMSGs agrees with the general one ----------------
+
+_lmsg_variant = st.one_of(
+    _message().map(lambda m: m[0]),
+    st.tuples(_subject, st.binary(max_size=40)).map(
+        lambda t: b"LMSG %b %d\r\n%b\r\n" % (t[0], len(t[1]), t[1])
+    ),
+    st.sampled_from(
+        [
+            b"lmsg a.b 1\r\nx\r\n",  # lower case
+            b"LMSG a.b  1\r\nx\r\n",  # two spaces
+            b"LMSG a.b 1\nx\r\n",  # no CR
+            b"LMSG a.b 1\r\nxy\r\n",  # a byte too many
+            b"LMSG a.b 1\r\nx\n\n",  # no CR after the payload
+            b"LMSG a.b 0000000001\r\nx\r\n",  # ten digits
+            b"LMSG a.b 99\r\n" + b"y" * 99 + b"\r\n",  # past a small max_payload
+            b"LMSG " + b"s" * 300 + b" 1\r\nx\r\n",  # past a small control-line limit
+            b"PING\r\n",
+        ]
+    ),
+)
+
+
+class _GeneralOnly:
+    """A pattern that never matches: the parser then takes its general path only."""
+
+    @staticmethod
+    def match(data: bytes, pos: int) -> None:
+        return None
+
+
+def _events(data: bytes, **limits: int) -> list[Any]:
+    # ParseFailed holds an exception: compare what it says, not its identity.
+    return [
+        (type(e.error), str(e.error)) if isinstance(e, ParseFailed) else e
+        for e in LeafParser(**limits).feed(data)
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=st.lists(_lmsg_variant, min_size=1, max_size=8))
+def test_plain_lmsg_fast_path_equals_the_general_path(frames: list[bytes]) -> None:
+    from unittest import mock
+
+    import edge.proto.leafproto as leafproto
+
+    data = b"".join(frames)
+    fast = _events(data, max_payload=64)
+    parser = LeafParser(max_payload=64)
+    parser.max_control_line = 256
+    fast_limited = parser.feed(data)
+    with mock.patch.object(leafproto, "_PLAIN_LMSG", _GeneralOnly):
+        assert _events(data, max_payload=64) == fast
+        general = LeafParser(max_payload=64)
+        general.max_control_line = 256
+        assert [repr(e) for e in general.feed(data)] == [repr(e) for e in fast_limited]
+
+
+def test_plain_lmsgs_take_the_one_regex_path() -> None:
+    """Whole plain LMSGs never reach the general line handling (which the test
+    above compares them with); the rest of the read still does."""
+    from unittest import mock
+
+    parser = LeafParser()
+    data = b"LMSG _INBOX.x.7 26\r\n" + b'{"stream":"T","seq":7}    ' + b"\r\nPING\r\n"
+    with mock.patch.object(
+        LeafParser, "_line", side_effect=LeafParser._line, autospec=True
+    ) as line:
+        events = parser.feed(data * 3)
+    assert events == [LMsg(b"_INBOX.x.7", b"", (), 0, b'{"stream":"T","seq":7}    '), PING] * 3
+    assert line.call_count == 3  # the PINGs only

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,8 +21,10 @@ from hypothesis import strategies as st
 from edge.proto import errors
 from edge.proto.errors import CloseReason
 from edge.proto.events import PING, Event, ParseFailed, Pub, Run, Sub
-from edge.proto.parser import ClientParser, run_payload
+from edge.proto.parser import ClientParser, run_payload, run_payloads
 from edge.router import RUN_MIN, Router, Subscription
+from store.writer import Store
+from tests.storefakes import group, make_store
 
 # ------------------------------------------------------------------ parser
 
@@ -366,3 +369,70 @@ def _frames(out: bytes) -> list[tuple[bytes, bytes, bytes]]:
         frames.append((subject, sid, out[start:end]))
         pos = end + 2
     return frames
+
+
+# ------------------------------------------------------------ runs into the store
+
+
+def _stored(router: Router) -> list[tuple[int, bytes, bytes | None, bytes, bytes, bool]]:
+    store = router.store
+    assert isinstance(store, Store)
+    return [(r.seq, r.subject, r.hdr, r.data, r.reply, r.on_disk) for r in store.pending]
+
+
+def _store_world(tmp_path: Path, name: str, **limits: object) -> tuple[Router, FakeClient]:
+    router, clients, _ = _world([(0, b"telemetry.>", None, b"1"), (1, b"other", None, b"2")])
+    (tmp_path / name).mkdir()
+    router.store = make_store(tmp_path / name, group(**limits))
+    return router, clients[0]
+
+
+def _no_accept(*args: object) -> None:
+    raise AssertionError("a run the store takes whole went message by message")
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_msgs": 1000}, {"durability": "memory"}])
+def test_a_run_into_the_store_equals_one_by_one(tmp_path: Path, limits: dict[str, object]) -> None:
+    """A run on a stored subject: the store gets the same records (sequences,
+    subjects, payloads) and the local subscriber the same bytes as one by one;
+    a group the short path does not serve (a limit, memory durability) gets it
+    message by message through the checked path."""
+    worlds = []
+    for by_run in (False, True):
+        router, sub_client = _store_world(tmp_path, f"run{by_run}", **limits)
+        pub = FakeClient(router)
+        router.publish_run(pub, b"other", _tails(PAYLOADS[:5]))  # not stored: delivered
+        if by_run:
+            store = router.store
+            assert isinstance(store, Store)
+            if not limits:  # the short path: taken whole, never message by message
+                store.accept = _no_accept  # type: ignore[method-assign]
+            router.publish_run(pub, b"telemetry.a", _tails(PAYLOADS))
+        else:
+            for p in PAYLOADS:
+                router.publish(pub, b"telemetry.a", b"", 0, p)
+        store = router.store
+        assert isinstance(store, Store)
+        state = store.groups.states[0]
+        worlds.append((_stored(router), bytes(sub_client.out), state.count, state.bytes))
+    assert worlds[1] == worlds[0]
+    assert [s[0] for s in worlds[1][0]] == list(range(1, len(PAYLOADS) + 1))
+    assert worlds[1][1].count(b"MSG telemetry.a 1 ") == len(PAYLOADS)
+
+
+def test_a_run_the_store_cannot_take_whole_goes_one_by_one(tmp_path: Path) -> None:
+    router, sub_client = _store_world(tmp_path, "full")
+    store = router.store
+    assert isinstance(store, Store)
+    store.commit_failures = 1  # the short path is off until a commit succeeds again
+    assert not store.takes_run(0)
+    router.publish_run(FakeClient(router), b"telemetry.a", _tails(PAYLOADS))
+    assert [r.data for r in store.pending] == PAYLOADS  # each through the checked path
+    assert bytes(sub_client.out).count(b"MSG telemetry.a 1 ") == len(PAYLOADS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=50))
+def test_run_payloads_equal_run_payload(payloads: list[bytes]) -> None:
+    tails = _tails(payloads)
+    assert run_payloads(tails) == [run_payload(t) for t in tails] == payloads

@@ -60,6 +60,63 @@ def test_pack_then_read_back_is_exact(records: list[Record]) -> None:
         assert (r.batch, r.index) == (batch, index)  # where the record learnt it is
 
 
+@st.composite
+def plain_record_lists(draw: st.DrawFn) -> list[Record]:
+    """Records without headers (rows in column layout): consecutive or sparse
+    sequences, one subject or several, one time or many."""
+    n = draw(st.integers(1, 80))
+    pool = draw(st.lists(subjects, min_size=1, max_size=3))
+    sparse, moving = draw(st.booleans()), draw(st.booleans())
+    seq, ts = draw(st.integers(1, 10**9)), draw(st.integers(0, 2**41))
+    out: list[Record] = []
+    for _ in range(n):
+        seq += draw(st.integers(1, 4)) if sparse else 1
+        ts += draw(st.integers(-5, 1000)) if moving else 0
+        out.append(Record(seq, 0, ts, draw(st.sampled_from(pool)), None, draw(payloads)))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(plain_record_lists())
+def test_rows_without_headers_are_columns_and_read_back_exactly(records: list[Record]) -> None:
+    packed = rows.pack(records)
+    got = []
+    for row in packed:
+        assert row.body[0] == rows.COLUMNS
+        got += list(rows.records(row.first_seq, row.ts, row.body, row.group))
+        assert rows.heads(row.first_seq, row.ts, row.body) == [
+            (e.seq, e.ts, e.size) for e in got[-row.msgs :]
+        ]
+    assert [(e.seq, e.ts, e.subject, e.hdr, e.data) for e in got] == [
+        (r.seq, r.ts, r.subject, r.hdr, r.data) for r in records
+    ]
+    assert [(e.batch, e.index) for e in got] == [(r.batch, r.index) for r in records]
+    # Skipping (after a sequence, gone bits) works on columns as on entries.
+    row = packed[0]
+    bits = bytearray()
+    rows.mark(bits, 0)
+    kept = list(rows.records(row.first_seq, row.ts, row.body, 0, records[0].seq, bytes(bits)))
+    assert [e.seq for e in kept] == [r.seq for r in records[1 : row.msgs]]
+
+
+def test_a_row_with_a_header_keeps_the_entry_layout() -> None:
+    (row,) = rows.pack([Record(1, 0, 5, b"a", None, b"x"), Record(2, 0, 5, b"a", b"", b"y")])
+    assert row.body[0] == 0  # the first entry's sequence offset
+    (row,) = rows.pack([Record(1, 0, 5, b"a", None, b"x"), Record(2, 0, 5, b"a", None, b"y")])
+    assert row.body[0] == rows.COLUMNS
+
+
+@pytest.mark.parametrize("cut", [1, 5, 17, 30])
+def test_a_damaged_column_body_does_not_decode(cut: int) -> None:
+    (row,) = rows.pack([Record(s, 0, 5 + s, b"subj%d" % s, None, b"data" * 3) for s in (1, 3, 4)])
+    assert row.body[0] == rows.COLUMNS
+    for body in (row.body[:-cut], row.body + b"\0" * cut, row.body[:1] + b"\xff" + row.body[2:]):
+        with pytest.raises(ValueError):
+            list(rows.records(row.first_seq, row.ts, body, 0))
+        with pytest.raises(ValueError):
+            rows.heads(row.first_seq, row.ts, body)
+
+
 def test_rows_are_cut_at_their_limits() -> None:
     records = [Record(s, 0, 1000, b"a", None, b"x" * 10) for s in range(1, rows.ROW_MSGS * 2 + 2)]
     packed = rows.pack(records)

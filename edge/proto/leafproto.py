@@ -17,6 +17,7 @@ so a broken peer cannot make us buffer without limit.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -25,6 +26,8 @@ from edge.proto.events import PING, PONG, Info
 from edge.proto.parser import FrameParser
 
 LEAF_MAX_CONTROL_LINE = 1024 * 1024
+# ``LMSG <subject> <size>\r\n``, as nats-server writes it (one space, upper case).
+_PLAIN_LMSG = re.compile(rb"LMSG ([^ \t\r\n]+) ([0-9]{1,9})\r\n")
 
 _new = tuple.__new__
 
@@ -96,7 +99,26 @@ class LeafParser(FrameParser):
     def _parse(self, data: bytes, events: list[Any]) -> None:
         pos = self._resume(data, events)
         n = len(data)
+        plain = _PLAIN_LMSG.match
         while 0 <= pos < n:
+            m = plain(data, pos)
+            if m is not None:
+                # The commonest frame, whole in this read: an LMSG with neither
+                # reply nor queues (every PubAck is one). One regex match instead
+                # of the general line handling; the same event, and anything the
+                # general path would refuse is left to it.
+                start = m.end()
+                stop = start + int(m[2])
+                if (
+                    stop + 2 <= n
+                    and data[stop] == 13
+                    and data[stop + 1] == 10
+                    and stop - start <= self.max_payload
+                    and start - pos <= self.max_control_line
+                ):
+                    events.append(_new(LMsg, (m[1], b"", (), 0, data[start:stop])))
+                    pos = stop + 2
+                    continue
             nl = data.find(b"\n", pos)
             if nl < 0:
                 self._keep_partial_line(data, pos)
