@@ -64,8 +64,8 @@ class GroupState:
         self.bytes += size
         self.accepted += count
 
-    def remove(self, size: int) -> None:
-        self.count = max(0, self.count - 1)
+    def remove(self, size: int, count: int = 1) -> None:
+        self.count = max(0, self.count - count)
         self.bytes = max(0, self.bytes - size)
 
     def note_drop(self, reason: str, n: int = 1) -> None:

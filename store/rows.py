@@ -43,7 +43,7 @@ import struct
 import sys
 import zlib
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -242,15 +242,22 @@ def _seq(rec: Record) -> int:
 
 
 def records(
-    batch: int, ts: int, body: bytes, group: int, after: int = 0, bits: bytes = b""
+    batch: int,
+    ts: int,
+    body: bytes,
+    group: int,
+    after: int = 0,
+    bits: bytes = b"",
+    limit: int | None = None,
 ) -> Iterator[Record]:
     """The messages of row *batch* (first published at *ts*) as Records of
     *group*, in order, with their place (``batch``, ``index``); those at or
     below sequence *after* or marked in *bits* are skipped without making an
-    object (once per message read back: a replay, a drain). Raises ValueError
-    on a body that does not decode (a damaged row)."""
+    object (once per message read back: a replay, a drain); *limit*, if
+    given, is as many as the caller will take (more may come). Raises
+    ValueError on a body that does not decode (a damaged row)."""
     if body[:1] == _COLUMNS_BYTE:
-        yield from _column_records(batch, ts, body, group, after, bits)
+        yield from _column_records(batch, ts, body, group, after, bits, limit)
         return
     unpack = ENTRY.unpack_from
     head = ENTRY.size
@@ -329,10 +336,33 @@ class _Columns:
 
 
 def _column_records(
-    batch: int, ts: int, body: bytes, group: int, after: int, bits: bytes
+    batch: int, ts: int, body: bytes, group: int, after: int, bits: bytes, limit: int | None
 ) -> Iterator[Record]:
     cols = _columns(batch, ts, body)
     off = cols.payloads_at
+    start = bisect_right(cols.seqs, after)
+    if not int.from_bytes(bits, "little") >> start:
+        # Nothing to skip past the first wanted (a replay, a drain): the
+        # records made in C, ``map``, as many as the reader wants.
+        n = len(cols.lengths)
+        stop = n if limit is None else min(n, start + limit)
+        ends = list(accumulate(cols.lengths, initial=off))
+        payloads = map(body.__getitem__, map(slice, ends[start:stop], ends[start + 1 : stop + 1]))
+        out = list(
+            map(
+                Record,
+                cols.seqs[start:stop],
+                repeat(group),
+                cols.times[start:stop],
+                cols.subjects[start:stop],
+                repeat(None),
+                payloads,
+            )
+        )
+        deque(map(setattr, out, repeat("batch"), repeat(batch)), 0)
+        deque(map(setattr, out, repeat("index"), range(start, stop)), 0)
+        yield from out
+        return
     for index, (seq, msg_ts, subject, ld) in enumerate(
         zip(cols.seqs, cols.times, cols.subjects, cols.lengths, strict=True)
     ):

@@ -23,6 +23,8 @@ lost link also takes the window back; the store still holds every record.
 from __future__ import annotations
 
 from enum import Enum
+from itertools import repeat
+from operator import attrgetter
 
 
 class Confirm(Enum):
@@ -95,12 +97,37 @@ class InFlight:
     def has_room(self) -> bool:
         return len(self._entries) < self.max_msgs and self.bytes < self.max_bytes
 
+    def worth_filling(self) -> bool:
+        """Whether to send now: the window is empty, or a quarter of it is free.
+        A full window refilled at every ack would send a few messages per
+        read of acks, and each such round costs a wake-up, a send and a read
+        on both sides: measured, 6 us per forwarded message while publishers
+        kept the loop busy, against about 1 us in batches."""
+        entries = len(self._entries)
+        if not entries:
+            return True
+        return (
+            self.max_msgs - entries >= max(1, self.max_msgs // 4)
+            and self.max_bytes - self.bytes >= self.max_bytes // 4
+        )
+
     def add(self, record: Record, confirm: Confirm, now: float) -> None:
         previous = self._entries.pop(record.seq, None)
         if previous is not None:
             self.bytes -= previous[0].size
         self._entries[record.seq] = (record, confirm, now)
         self.bytes += record.size
+
+    def add_many(self, records: list[Record], confirm: Confirm, now: float) -> None:
+        """``add`` for each of *records*, in C when none is in flight already."""
+        entries = self._entries
+        if not entries.keys().isdisjoint(map(_seq_of, records)):
+            for rec in records:  # a resend of some: each goes to the end again
+                self.add(rec, confirm, now)
+            return
+        pairs = zip(records, repeat(confirm), repeat(now))
+        entries.update(zip(map(_seq_of, records), pairs, strict=True))
+        self.bytes += sum(map(_size_of, records))
 
     def ack(self, seq: int) -> Record | None:
         """A PubAck for *seq*: the record, or None if it is no longer in flight
@@ -162,6 +189,10 @@ class InFlight:
 
     def records(self) -> list[Record]:
         return [entry[0] for entry in self._entries.values()]
+
+
+_seq_of = attrgetter("seq")
+_size_of = attrgetter("size")
 
 
 def _seq(record: Record) -> int:

@@ -39,6 +39,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from operator import attrgetter
 from typing import TypeVar
 
 import trio
@@ -342,7 +343,17 @@ class Store:
         A record a policy dropped while it was in flight (trimmed, expired) was
         counted out then; it is not counted out twice."""
         dropped = self._dropped_in_flight
-        for rec in records:
+        one_by_one = records
+        if records and not dropped and all(map(_on_disk_of, records)) and _one_group(records):
+            # The common case, without a loop in bytecode: one group's messages,
+            # all on disk, none dropped while in flight.
+            state = self.groups.states[records[0].group]
+            state.confirmed += len(records)
+            state.remove(sum(map(_size_of, records)), len(records))
+            self._deletes += records
+            self._confirming.update(map(_seq_of, records))
+            one_by_one = []
+        for rec in one_by_one:
             state = self.groups.states[rec.group]
             state.confirmed += 1
             if dropped and rec.seq in dropped:
@@ -728,6 +739,16 @@ class Store:
 
     def stats(self) -> StoreStats:
         return snapshot(self)
+
+
+_on_disk_of = attrgetter("on_disk")
+_size_of = attrgetter("size")
+_seq_of = attrgetter("seq")
+_group_of = attrgetter("group")
+
+
+def _one_group(records: list[Record]) -> bool:
+    return list(map(_group_of, records)).count(records[0].group) == len(records)
 
 
 def _seq(record: Record) -> int:

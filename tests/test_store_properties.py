@@ -228,3 +228,41 @@ def test_marked_pings_and_keepalives_stay_aligned_with_their_pongs() -> None:
     assert got == [5, 9]
     uplink._on_control(Pong())  # an unexpected PONG confirms nothing
     assert got == [5, 9]
+
+
+async def test_a_read_of_replies_confirms_the_same_in_bulk_or_mixed(tmp_path: Path) -> None:
+    """on_replies: a read of PubAcks only (checked in bulk) and a read mixing
+    them with an error reply, a stray subject and a late ack (each in turn)
+    confirm exactly the PubAcked records in flight, nothing else."""
+    store = make_store(tmp_path)
+    hub = FakeHub(ack=False)
+    async with running(store) as nursery:
+        for i in range(12):
+            accept(store, f"telemetry.{i}")
+        fwd = forwarder(store)
+        s = await session(nursery, hub, fwd)
+        await wait_for(lambda: len(fwd.window) == 12)
+        fwd.on_replies([(INBOX + b"%d" % seq, PUBACK) for seq in (1, 2, 3)])
+        assert sorted(r.seq for r in fwd.window.records()) == list(range(4, 13))
+        error = b'{"error":{"code":503,"description":"no responders"}}'
+        fwd.on_replies(
+            [
+                (INBOX + b"4", PUBACK),
+                (INBOX + b"5", error),  # refused: stays in flight
+                (INBOX + b"x6", PUBACK),  # not an ack subject
+                (INBOX + b"2", PUBACK),  # late: already confirmed
+                (INBOX + b"6", PUBACK),
+            ]
+        )
+        assert sorted(r.seq for r in fwd.window.records()) == [5, *range(7, 13)]
+        assert fwd.nacked == 1
+        dup = b'{"stream":"TELEMETRY","seq":9,"duplicate":true}'
+        odd = b'{"stream":"TELEMETRY","seq":7,"extra":1}'  # not a PubAck's end: one by one
+        fwd.on_replies([(INBOX + b"8", PUBACK), (INBOX + b"7", odd), (INBOX + b"9", dup)])
+        assert sorted(r.seq for r in fwd.window.records()) == [5, 10, 11, 12]
+        fwd.on_replies([(INBOX + b"%d" % seq, PUBACK) for seq in (5, 10)] + [(INBOX + b"11", dup)])
+        assert sorted(r.seq for r in fwd.window.records()) == [12]
+        fwd.on_replies([(INBOX + b"12", PUBACK)])
+        await wait_for(lambda: rows(store) == [])
+        await s.cut()
+    assert store.groups.states[0].confirmed == 12

@@ -4,6 +4,7 @@ migration of a schema-1 store (a row per message) with its backlog."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -148,6 +149,36 @@ def test_gone_bitmap(marked: set[int]) -> None:
         assert rows.is_gone(bytes(bits), i) == (i in marked)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.sets(st.integers(0, 45), max_size=45),
+    st.one_of(
+        st.tuples(st.integers(0, 44), st.integers(0, 12)).map(
+            lambda t: list(range(t[0], t[0] + t[1] + 1))  # a run of indexes, as acks come
+        ),
+        st.lists(st.integers(0, 45), max_size=12),  # any order, repeats, past the row
+    ),
+    st.integers(1, 500),
+)
+def test_marking_picks_gone_equals_bit_by_bit(
+    total: int, already: set[int], indexes: list[int], size: int
+) -> None:
+    """buffer._marked (one mask for a run of indexes) against rows.mark one at a time."""
+    old = bytearray()
+    for i in already:
+        if i < total:
+            rows.mark(old, i)
+    picks = [(i, size + i) for i in indexes]
+    bits, removed, removed_size = bytearray(old), 0, 0
+    for i, s in picks:
+        if i < total and rows.mark(bits, i):
+            removed, removed_size = removed + 1, removed_size + s
+    got_bits, got_removed, got_size = buffer._marked(bytes(old), total, picks)
+    assert (got_removed, got_size) == (removed, removed_size)
+    assert int.from_bytes(got_bits, "little") == int.from_bytes(bits, "little")
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> sqlite3.Connection:
     conn, _ = db.open_store(tmp_path / "state")
@@ -171,6 +202,44 @@ def test_interleaved_groups_read_back_in_sequence_order(store: sqlite3.Connectio
         commit(conn, [ga, gb], deletes=range(2, 21, 2))
         assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM gone").fetchone()[0] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 1), min_size=1, max_size=30), min_size=1, max_size=6),
+    st.sets(st.integers(1, 200), max_size=60),
+    st.integers(0, 200),
+    st.integers(1, 80),
+    st.booleans(),
+)
+def test_read_after_equals_the_merged_read(
+    tmp_path_factory: pytest.TempPathFactory,
+    commits: list[list[int]],
+    gone: set[int],
+    after: int,
+    limit: int,
+    headers: bool,
+) -> None:
+    """buffer.read_after (rows read in turn when they do not interleave, the
+    merge when they do; column rows built whole or from a sequence, with gone
+    messages) gives what iter_stored, the general merge, gives, cut at the limit."""
+    conn, _ = db.open_store(tmp_path_factory.mktemp("read") / "state")
+    with closing(conn):
+        gids = [db.group_id(conn, "a"), db.group_id(conn, "b")]
+        seq = 0
+        for groups in commits:  # each commit: a row per group it touches
+            batch = []
+            for group in groups:
+                seq += 1
+                batch.append(rec(seq, group, hdr=b"h" if headers and seq % 7 == 0 else None))
+            commit(conn, gids, batch)
+        commit(conn, gids, deletes=[s for s in gone if s <= seq])
+        merged = list(itertools.islice(buffer.iter_stored(conn, after), limit))
+        got = buffer.read_after(conn, after, limit)
+        assert [(r.seq, r.group, r.data, r.batch, r.index) for r in got] == [
+            (r.seq, r.group, r.data, r.batch, r.index) for r in merged
+        ]
+        assert [r.seq for r in got] == sorted(set(range(after + 1, seq + 1)) - gone)[:limit]
 
 
 def test_removing_twice_counts_once(store: sqlite3.Connection) -> None:

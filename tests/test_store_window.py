@@ -184,6 +184,22 @@ class InFlightModel(RuleBasedStateMachine):
         self.window.add(r, how, self.now)
         self.model.append((r, how, self.now))
 
+    @rule(
+        seqs=st.lists(st.integers(1, 40), min_size=1, max_size=6, unique=True),
+        size=st.integers(1, 120),
+        link=st.booleans(),
+        dt=st.floats(0, 3, allow_nan=False),
+    )
+    def add_many(self, seqs: list[int], size: int, link: bool, dt: float) -> None:
+        # In bulk, a sequence still in flight may come again (a resend): it then
+        # moves to the end with its new time, as add does it.
+        self.now += dt
+        how = Confirm.LINK if link else Confirm.JETSTREAM
+        records = [rec(seq, size) for seq in seqs]
+        self.window.add_many(records, how, self.now)
+        self.model = [e for e in self.model if e[0].seq not in seqs]
+        self.model += [(r, how, self.now) for r in records]
+
     @rule(seq=st.integers(0, 45))
     def ack(self, seq: int) -> None:
         expected = next((r for r, _how, _t in self.model if r.seq == seq), None)
@@ -223,6 +239,11 @@ class InFlightModel(RuleBasedStateMachine):
         assert [r.seq for r in w.records()] == self._seqs()
         room = len(self.model) < w.max_msgs and w.bytes < w.max_bytes
         assert w.has_room() is room
+        quarter_free = (
+            w.max_msgs - len(self.model) >= max(1, w.max_msgs // 4)
+            and w.max_bytes - w.bytes >= w.max_bytes // 4
+        )
+        assert w.worth_filling() is (not self.model or quarter_free)
         assert w.oldest_sent() == (self.model[0][2] if self.model else None)
 
 
@@ -505,3 +526,34 @@ def test_the_stored_message_framing_matches_the_general_encoder(
     block = with_msg_id(hdr, b"gw-x:%d" % seq)
     expected = encode_lmsg(subject, b"_INBOX.abc.%d" % seq, route, len(block), block + data)
     assert encode_stored(rec, b"gw-x", b"_INBOX.abc.", route) == expected
+
+
+@given(
+    st.lists(st.integers(1, 2**40), min_size=1, max_size=30, unique=True).map(sorted),
+    st.binary(min_size=1, max_size=30).filter(lambda b: b" " not in b and b"\r" not in b),
+    st.lists(st.binary(max_size=100), min_size=30, max_size=30),
+    st.sampled_from([b"gw", b"gateway-with-a-long-name"]),
+    st.one_of(st.none(), st.integers(0, 100)),
+)
+def test_a_plain_segment_is_framed_as_each_record_alone(
+    seqs: list[int],
+    subject: bytes,
+    payloads: list[bytes],
+    gateway: bytes,
+    one_size: int | None,
+) -> None:
+    """forward.encode_plain_segment (the bulk framing) equals encode_stored of
+    each record in turn, whatever the sequence lengths and payload sizes, and
+    when all share them (the joined-pieces path)."""
+    from store.forward import encode_plain_segment, encode_stored
+
+    if one_size is not None:
+        seqs = [10**9 + seq % 10**8 for seq in seqs]  # ten digits each
+        seqs = sorted(set(seqs))
+        payloads = [p.ljust(one_size, b"z")[:one_size] for p in payloads]
+    records = [
+        Record(seq, 0, 0, subject, None, data)
+        for seq, data in zip(seqs, payloads[: len(seqs)], strict=True)
+    ]
+    expected = b"".join(encode_stored(r, gateway, b"_INBOX.abc.", ()) for r in records)
+    assert encode_plain_segment(subject, records, gateway, b"_INBOX.abc.") == expected
