@@ -313,3 +313,39 @@ async def test_a_lower_connection_limit_keeps_the_newest(both: ServerFactory) ->
     assert await users[2].ping() == []
     for client in (system, *users):
         await client.aclose()
+
+
+async def test_an_exporter_revoking_an_activation_stops_the_stream(both: ServerFactory) -> None:
+    """The exporter's new JWT revokes B's activation: B's live stream import stops."""
+    op = Operator.create("A", "B")
+    a, b = op.accounts["A"], op.accounts["B"]
+    export = {"subject": "ev.>", "type": "stream", "token_req": True}
+    op.set_claims("A", exports=[export])
+    iat = int(time.time()) - 10
+    token = activation_jwt(a.keys, b.public_key, "ev.>", "stream", issued_at=iat)
+    op.set_claims(
+        "B",
+        imports=[{"subject": "ev.>", "account": a.public_key, "type": "stream", "token": token}],
+    )
+    server = both(config=_operator_config(op))
+    system, _ = await _user(server.port, op.system)
+    publisher, _ = await _user(server.port, a)
+    listener, _ = await _user(server.port, b)
+    await listener.send(b"SUB ev.> 1\r\n")
+    assert await listener.ping() == []
+    await publisher.send(b"PUB ev.one 1\r\n1\r\n")
+    frames = await listener.read_frames_until(lambda f: f.op == "MSG", timeout=5)
+    assert frames[-1].payload == b"1"
+    revoking = account_jwt(
+        op.keys, a.keys, "A", exports=[{**export, "revocations": {b.public_key: iat}}]
+    )
+    answer = await _update(system, a, revoking)
+    assert answer["data"] == {"account": a.public_key, "code": 200, "message": "jwt updated"}
+    await publisher.send(b"PUB ev.two 1\r\n2\r\n")
+    assert await publisher.ping() == []
+    assert await listener.ping() == []
+    with trio.move_on_after(0.5):
+        frame = await listener.read_frame(timeout=1)
+        raise AssertionError(f"after the revocation: {frame.text()}")
+    for client in (system, publisher, listener):
+        await client.aclose()
