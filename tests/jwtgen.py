@@ -177,7 +177,14 @@ class Operator:
 
     @property
     def jwt(self) -> str:
-        return operator_jwt(self.keys, system_account=self.system.public_key)
+        """The operator JWT, issued once (a config written again, e.g. for a
+        reload, names the same operator JWT)."""
+        cached: str | None = self.__dict__.get("_jwt")
+        if cached is None:
+            cached = self.__dict__["_jwt"] = operator_jwt(
+                self.keys, system_account=self.system.public_key
+            )
+        return cached
 
     def hub_config(self) -> str:
         """nats-server config lines for operator mode with a memory resolver."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import nats.errors
 import trio
 
-from edge.nkeys import PREFIX_USER, KeyPair
+from edge.nkeys import PREFIX_ACCOUNT, PREFIX_USER, KeyPair
 from tests.aio import connect, run, settle
 from tests.conftest import ServerFactory
 from tests.harness import RawClient, ServerProcess, is_nats_server_command
@@ -348,4 +348,33 @@ async def test_an_exporter_revoking_an_activation_stops_the_stream(both: ServerF
         frame = await listener.read_frame(timeout=1)
         raise AssertionError(f"after the revocation: {frame.text()}")
     for client in (system, publisher, listener):
+        await client.aclose()
+
+
+async def test_a_removed_signing_key_closes_its_users(both: ServerFactory) -> None:
+    """2.9.10 closes a user whose signing key the new account JWT no longer lists
+    (without an -ERR); the users the account signed itself stay."""
+    op = Operator.create("APP")
+    app = op.accounts["APP"]
+    signer = KeyPair.generate(PREFIX_ACCOUNT)
+    op.set_claims("APP", signing_keys=[signer.public_key()])
+    server = both(config=_operator_config(op))
+    system, _ = await _user(server.port, op.system)
+    direct, _ = await _user(server.port, app)
+    signed_by_key = Account("APP", signer, "")
+    user = KeyPair.generate(PREFIX_USER)
+    nats = {"type": "user", "version": 2, **UNLIMITED_USER, "issuer_account": app.public_key}
+    jwt = encode_jwt(signed_by_key.keys, user.public_key(), "s", nats)
+    delegated = await RawClient.connect(server.port)
+    info = await delegated.read_info()
+    sig = base64.urlsafe_b64encode(user.sign(info["nonce"].encode())).decode().rstrip("=")
+    line = json.dumps({"verbose": False, "jwt": jwt, "sig": sig}).encode()
+    await delegated.send(b"CONNECT " + line + b"\r\n")
+    assert await delegated.ping() == []
+    answer = await _update(system, app, account_jwt(op.keys, app.keys, "APP"))
+    assert answer["data"] == {"account": app.public_key, "code": 200, "message": "jwt updated"}
+    assert await delegated.closed(timeout=5)
+    assert b"-ERR" not in delegated.buf
+    assert await direct.ping() == []
+    for client in (system, direct, delegated):
         await client.aclose()
