@@ -378,3 +378,24 @@ async def test_a_removed_signing_key_closes_its_users(both: ServerFactory) -> No
     assert await direct.ping() == []
     for client in (system, direct, delegated):
         await client.aclose()
+
+
+async def test_only_the_system_account_updates_claims(both: ServerFactory) -> None:
+    """The same update published by a user of another account reaches nothing."""
+    op = Operator.create("APP")
+    server = both(config=_operator_config(op))
+    app = op.accounts["APP"]
+    iat = int(time.time()) - 10
+    intruder, _ = await _user(server.port, app, iat)
+    target, target_key = await _user(server.port, app, iat)
+    update = account_jwt(op.keys, app.keys, "APP", revocations={target_key: iat}).encode()
+    subject = f"$SYS.REQ.ACCOUNT.{app.public_key}.CLAIMS.UPDATE".encode()
+    await intruder.send(
+        b"SUB _INBOX.x 1\r\nPUB %s _INBOX.x %d\r\n%s\r\n" % (subject, len(update), update)
+    )
+    assert await intruder.ping() == []
+    await trio.sleep(0.5)
+    assert await intruder.ping() == []  # no answer
+    assert await target.ping() == []  # not revoked
+    for client in (intruder, target):
+        await client.aclose()
