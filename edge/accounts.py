@@ -27,7 +27,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge.auth.jwt import AccountClaims
+from edge.auth.activation import activation_refusal
+from edge.auth.jwt import AccountClaims, JwtError, read_activation
 from edge.auth.settings import (
     GLOBAL_ACCOUNT,
     AccountConfig,
@@ -256,6 +257,9 @@ class Accounts:
         self.service_imports: list[tuple[str, ServiceImport]] = []
         self.jwt_claims: dict[str, AccountClaims] = {}  # operator-mode accounts joined
         self.exporters: dict[str, AccountClaims] = {}  # and those they import from
+        # Importing account -> when the first of its activation tokens expires
+        # (a Unix time): its imports are made again then, without that one.
+        self.activation_expiries: dict[str, float] = {}
         by_name = {a.name: a for a in accounts}
         for account in accounts:
             for imp in account.imports:
@@ -292,21 +296,30 @@ class Accounts:
         return router
 
     def join_jwt_account(
-        self, claims: AccountClaims, lookup: Callable[[str], AccountClaims | None]
+        self,
+        claims: AccountClaims,
+        lookup: Callable[[str], AccountClaims | None],
+        now: float | None = None,
+        force: bool = False,
     ) -> list[JoinProblem]:
         """Make the imports of operator-mode account ``claims`` (at its first
-        client, and again when its JWT changed, e.g. a new file in a directory
-        resolver): each must name an account ``lookup`` knows whose JWT exports a
-        covering subject. Exports needing an activation token are not supported
-        (leafgate does not verify activation tokens): their imports are refused."""
+        client, and again when its JWT changed: a new file in a directory
+        resolver, a reload, a claims update; ``force``: again even if unchanged,
+        e.g. an exporter's JWT changed or an activation expired). Each must name
+        an account ``lookup`` knows whose JWT exports a covering subject; an
+        export with ``token_req`` needs the import's activation token, which
+        must be in its time window (``now``, a Unix time) and not revoked by the
+        export (see edge.auth.activation)."""
         key = claims.public_key
         known = self.jwt_claims.get(key)
-        if known is claims or known == claims:
+        if not force and (known is claims or known == claims):
             return []
         if known is not None:
             self._unjoin(key)
         self.jwt_claims[key] = claims
+        self.activation_expiries.pop(key, None)
         self.router(key)
+        wall = time.time() if now is None else now
         problems = [JoinProblem(key, "", reason) for reason in claims.dropped]
         for imp in claims.imports:
             subject = imp.subject.decode()
@@ -319,11 +332,45 @@ class Accounts:
                 problems.append(
                     JoinProblem(key, subject, f"account {imp.account} exports no {imp.kind} for it")
                 )
-            elif export.token_required:
-                problems.append(
-                    JoinProblem(key, subject, "export needs an activation token (not supported)")
-                )
-            else:
-                self.exporters[imp.account] = exporter
-                self._join(key, imp, self.router(imp.account), export)
+                continue
+            if export.token_required:
+                reason = self._activation_refusal(key, imp, exporter, export, wall)
+                if reason is not None:
+                    problems.append(JoinProblem(key, subject, reason))
+                    continue
+            self.exporters[imp.account] = exporter
+            self._join(key, imp, self.router(imp.account), export)
         return problems
+
+    def _activation_refusal(
+        self, key: str, imp: ImportConfig, exporter: AccountClaims, export: ExportConfig, now: float
+    ) -> str | None:
+        if imp.token is None:
+            return "export needs an activation token, the import has none"
+        try:
+            act = read_activation(imp.token)
+        except JwtError as exc:  # verified with the account JWT: not expected
+            return f"activation token: {exc}"
+        reason = activation_refusal(
+            act, exporter.public_key, exporter.signing_keys, export.revocations, now
+        )
+        if reason is None and act.expires:
+            known = self.activation_expiries.get(key)
+            self.activation_expiries[key] = min(known, act.expires) if known else act.expires
+        return reason
+
+    def drop_jwt_account(self, key: str) -> None:
+        """Forget operator-mode account ``key`` (its JWT was removed or became
+        invalid): its imports are undone; it is joined again at its next client."""
+        self._unjoin(key)
+        self.jwt_claims.pop(key, None)
+        self.exporters.pop(key, None)
+        self.activation_expiries.pop(key, None)
+
+    def importers_of(self, key: str) -> list[AccountClaims]:
+        """The joined accounts with an import from account ``key``."""
+        return [
+            c
+            for k, c in self.jwt_claims.items()
+            if k != key and any(i.account == key for i in c.imports)
+        ]

@@ -10,7 +10,10 @@ configuration. Otherwise every change is applied, and connections stay up.
 Reloadable: logging (debug, trace), authorization: the token or single user
 (for new connections), users with their passwords and permissions and
 ``no_auth_user`` (a connection whose user was removed or whose rules changed
-is closed, as nats-server does; the others stay),
+is closed, as nats-server does; the others stay), the memory resolver's
+account JWTs (``resolver_preload``; with a directory resolver its files are
+read again at every reload): their users are checked again (revocations,
+expiry, limits) and their imports made again,
 keep-alive and lame-duck timings, the shutdown grace, store-and-forward
 group limits and behaviour (max_msgs, max_bytes, max_age, policy,
 duplicate_window, durable_flush), and the bridges (a changed, added or
@@ -43,7 +46,11 @@ _SERVER_RELOADABLE = frozenset(
 )
 # SecurityConfig fields a reload may change (users with their passwords and
 # permissions); accounts, TLS and operator settings are built at start.
-_SECURITY_RELOADABLE = frozenset({"users", "no_auth_user", "default_permissions"})
+# The memory resolver's preload too: the account JWTs in use are applied again
+# (edge.security.Security.account_changed).
+_SECURITY_RELOADABLE = frozenset(
+    {"users", "no_auth_user", "default_permissions", "resolver_preload"}
+)
 # ForwardGroup fields a reload may change (the others define what is stored where).
 _GROUP_RELOADABLE = frozenset(
     {"max_bytes", "max_msgs", "max_age", "policy", "duplicate_window", "durable_flush"}

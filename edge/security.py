@@ -7,12 +7,17 @@ imports); this module feeds them the nonce, the certificate, the clock and the
 files, runs bcrypt in a worker thread, and turns refusals into ``-ERR`` lines and
 log events (names and subjects, never passwords, tokens or signatures).
 
+In operator mode an account JWT may change while its users are connected (a
+reload, a claims update from the system account: edge.claims_updates); what
+changed is applied to them (``account_changed``), as nats-server 2.9.10 does.
+
 Only servers configured with users, accounts, TLS or an operator have a
 ``Security``; the others keep the original, cheaper CONNECT path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import ssl
@@ -22,13 +27,15 @@ from typing import TYPE_CHECKING
 import trio
 
 from edge.accounts import Accounts
-from edge.auth.access import expires_at, refusal
+from edge.auth.access import expires_at, refusal, revoked
 from edge.auth.authn import Authenticator, Identity, Resolver, cert_identities
 from edge.auth.jwt import (
     AccountClaims,
     JwtError,
     UserClaims,
+    account_claims,
     check_user_issuer,
+    decode,
     read_user,
     user_account_key,
     verified_account,
@@ -46,7 +53,7 @@ from edge.auth.permissions import (
 from edge.auth.settings import GLOBAL_ACCOUNT, SecurityConfig, TLSServerConfig
 from edge.config import ConfigError, ServerConfig
 from edge.connection import ClientConnection
-from edge.expiry import Expiries
+from edge.expiry import ACCOUNT_EXPIRED, Expiries
 from edge.log import get_logger
 from edge.proto import errors
 from edge.proto.errors import CloseReason, ProtocolError
@@ -62,6 +69,8 @@ log = get_logger("edge.security")
 MAX_ACCOUNT_CONNECTIONS = ProtocolError(
     "maximum account active connections exceeded", True, CloseReason.MAX_CONNECTIONS
 )
+# 2.9.10's text for a connected user its account's new JWT revokes.
+AUTH_REVOKED = ProtocolError("User Authentication Revoked", True, CloseReason.AUTH_VIOLATION)
 
 
 def tls_context(tls: TLSServerConfig) -> ssl.SSLContext:
@@ -120,8 +129,10 @@ class Security:
         sec = config.security
         self.server = server
         resolver: Resolver | None = None
+        self._preload = dict(sec.resolver_preload)
+        self._pushed: dict[str, str] = {}  # MEMORY: JWTs of claims updates
         if sec.resolver == "MEMORY":
-            resolver = dict(sec.resolver_preload).get
+            resolver = self._memory
         elif sec.resolver_dir is not None:
             resolver = _dir_resolver(sec.resolver_dir)
         self.settings = sec
@@ -133,6 +144,18 @@ class Security:
         self.connections: dict[str, int] = {}
         self.expiries = Expiries()  # run by the server (Server.run's services)
         self.jwt_users: dict[int, str] = {}  # cid -> the user JWT's public key
+        self._users: dict[int, UserClaims] = {}  # cid -> its user JWT's claims
+        self._deadlines: dict[tuple[str, str], float] = {}  # (kind, account) -> pending call
+        self.claims_updates = None
+        system = sec.system_account or (
+            self.authenticator.operator.system_account if self.authenticator.operator else None
+        )
+        if self.authenticator.operator is not None and system:
+            from edge.claims_updates import ClaimsUpdates
+
+            self.claims_updates = ClaimsUpdates(
+                self.accounts.router(system), self.claims_update, self._server_info
+            )
         # Whether any connection may carry permissions (then GuardedConnection).
         self.guarded = sec.operator is not None or any(not u.permissions.empty for u in sec.users)
 
@@ -148,6 +171,11 @@ class Security:
         nats-server does on reload; the others stay. Returns how many were closed.
         """
         old, new = self.settings, config.security
+        if new.resolver == "MEMORY":
+            # The file's preload replaces the updates pushed since (as 2.9.10
+            # makes a new memory resolver from it).
+            self._preload = dict(new.resolver_preload)
+            self._pushed.clear()
         self.authenticator = _authenticator(config, self._resolver)
         self.settings = new
         self.guarded = new.operator is not None or any(not u.permissions.empty for u in new.users)
@@ -160,7 +188,7 @@ class Security:
                 log.info("client_closed_by_reload", cid=client.cid, user=identity.name)
                 client.close(errors.AUTH_VIOLATION.reason, errors.AUTH_VIOLATION.wire())
                 closed += 1
-        return closed
+        return closed + self.refresh_accounts()
 
     # ---- the connection's start ---------------------------------------------------
 
@@ -231,6 +259,7 @@ class Security:
         self._bind(client, identity)
         if user is not None:
             self.jwt_users[client.cid] = user.public_key  # /connz's authorized_user
+            self._users[client.cid] = user
             expires = expires_at(user.expires, user.times, user.times_location, time.time())
             if expires is not None:
                 self.expiries.add(client, expires)
@@ -340,6 +369,7 @@ class Security:
     def forget(self, client: ClientConnection) -> None:
         self.expiries.forget(client)
         self.jwt_users.pop(client.cid, None)
+        self._users.pop(client.cid, None)
         identity = client.identity
         if isinstance(identity, Identity):
             left = self.connections.get(identity.account, 1) - 1
@@ -395,14 +425,190 @@ class Security:
                 log.warning("local_account_unknown", account=name)
         return self.accounts.router(name)
 
-    def _join(self, claims: AccountClaims) -> None:
-        for problem in self.accounts.join_jwt_account(claims, self._account_claims):
+    def _join(self, claims: AccountClaims, force: bool = False) -> None:
+        problems = self.accounts.join_jwt_account(claims, self._account_claims, time.time(), force)
+        for problem in problems:
             log.warning(
                 "account_import_refused",
                 account=problem.account,
                 subject=problem.subject,
                 reason=problem.reason,
             )
+        key = claims.public_key
+        if claims.expires:
+            self._call_at("account_expired", key, claims.expires)
+        activation = self.accounts.activation_expiries.get(key)
+        if activation:
+            self._call_at("activation_expired", key, activation)
+
+    # ---- account JWTs that change while their users are connected ----------------
+
+    def _memory(self, key: str) -> str | None:
+        return self._pushed.get(key) or self._preload.get(key)
+
+    def _call_at(self, kind: str, key: str, when: float) -> None:
+        """One pending deadline per kind and account (a new JWT may move it)."""
+        if self._deadlines.get((kind, key)) == when:
+            return
+        self._deadlines[(kind, key)] = when
+
+        def call() -> None:
+            if self._deadlines.get((kind, key)) != when:
+                return  # moved or dropped since
+            del self._deadlines[(kind, key)]
+            claims = self.accounts.jwt_claims.get(key)
+            if claims is None:
+                return
+            if kind == "account_expired" and claims.expires == when:
+                self._close_users(key, ACCOUNT_EXPIRED, "account JWT expired")
+            elif kind == "activation_expired":
+                self._join(claims, force=True)  # without the expired import
+
+        self.expiries.call_at(when, call)
+
+    def _clients_of(self, key: str) -> list[ClientConnection]:
+        return [
+            c
+            for c in self.server.clients.values()
+            if isinstance(c.identity, Identity)
+            and c.identity.account == key
+            and c.close_reason is None
+        ]
+
+    def _close_users(self, key: str, error: ProtocolError, reason: str) -> int:
+        clients = self._clients_of(key)
+        for client in clients:
+            log.warning(
+                "client_closed_by_account_update",
+                cid=client.cid,
+                user=self.jwt_users.get(client.cid, _name(client)),
+                account=key,
+                reason=reason,
+            )
+            client.close(error.reason, error.wire())
+        return len(clients)
+
+    def refresh_accounts(self) -> int:
+        """Look up again every account JWT in use (a reload: new preload, or new
+        files in the directory) and apply what changed; returns how many
+        connections were closed."""
+        if self.authenticator.operator is None:
+            return 0
+        keys = {*self.accounts.jwt_claims, *self.accounts.exporters}
+        return sum(self.account_changed(key) for key in sorted(keys))
+
+    def account_changed(self, key: str) -> int:
+        """Apply account ``key``'s current JWT to what uses it, as 2.9.10's
+        claims update does: its imports are made again (and those of the
+        accounts importing from it); a connected user the JWT now revokes gets
+        'User Authentication Revoked', one whose signing key it no longer
+        lists is closed, the newest connections beyond its connection limit
+        are kept; a JWT gone or invalid (expired included) closes its users
+        with 'Authorization Violation' (as 2.9.10's reload re-authorizes them).
+        Returns how many connections were closed."""
+        claims = self._account_claims(key)
+        known = self.accounts.jwt_claims.get(key) or self.accounts.exporters.get(key)
+        if claims is None:
+            if known is None:
+                return 0
+            importers = self.accounts.importers_of(key)
+            self.accounts.drop_jwt_account(key)
+            self._deadlines = {k: v for k, v in self._deadlines.items() if k[1] != key}
+            for importer in importers:
+                self._join(importer, force=True)
+            log.warning("account_jwt_unusable", account=key)
+            return self._close_users(key, errors.AUTH_VIOLATION, "account JWT gone or invalid")
+        if known == claims:
+            return 0
+        log.info("account_jwt_updated", account=key, name=claims.name)
+        if key in self.accounts.jwt_claims:
+            self._join(claims)
+        if key in self.accounts.exporters:
+            self.accounts.exporters[key] = claims
+        for importer in self.accounts.importers_of(key):
+            self._join(importer, force=True)
+        if not claims.expires:
+            self._deadlines.pop(("account_expired", key), None)
+        return self._recheck_users(key, claims)
+
+    def _recheck_users(self, key: str, claims: AccountClaims) -> int:
+        closed = 0
+        clients = sorted(self._clients_of(key), key=lambda c: c.cid, reverse=True)
+        for i, client in enumerate(clients):
+            identity = client.identity
+            assert isinstance(identity, Identity)
+            user = self._users.get(client.cid)
+            name = self.jwt_users.get(client.cid, identity.name)
+            if claims.max_connections and i >= claims.max_connections:
+                error, reason = MAX_ACCOUNT_CONNECTIONS, "beyond the account's connection limit"
+            elif user is not None and revoked(claims.revocations, user.public_key, user.issued_at):
+                error, reason = AUTH_REVOKED, "user JWT revoked by its account"
+            elif user is not None and user.issuer not in (key, *claims.signing_keys):
+                error, reason = errors.AUTH_VIOLATION, "user JWT's signing key removed"
+            else:
+                client.identity = dataclasses.replace(identity, account_limits=claims)
+                continue
+            log.warning(
+                "client_closed_by_account_update",
+                cid=client.cid,
+                user=name,
+                account=key,
+                reason=reason,
+            )
+            if error is errors.AUTH_VIOLATION:
+                client.close(error.reason)  # 2.9.10 closes these without -ERR
+            else:
+                client.close(error.reason, error.wire())
+            closed += 1
+        return closed
+
+    def claims_update(self, key: str, body: bytes) -> tuple[str, str | None]:
+        """A claims update from the system account (edge.claims_updates): the
+        JWT replaces account ``key``'s if the account is in use and the JWT is
+        valid (nats-server 2.9.10's accountClaimUpdate; the memory resolver
+        keeps it until the next reload, the directory resolver writes the file)."""
+        if not body:
+            return "jwt update error", "request body is empty"
+        token = body.decode("utf-8", "replace").strip()
+        operator = self.authenticator.operator
+        assert operator is not None
+        try:
+            claims = account_claims(decode(token, "account", None))
+        except JwtError as exc:
+            return "jwt update resulted in error", str(exc)
+        if claims.public_key != key:
+            return "jwt update resulted in error", "subject does not match jwt content"
+        if key not in self.accounts.jwt_claims and key not in self.accounts.exporters:
+            return "jwt update skipped", None
+        try:
+            verified_account(token, operator, time.time())
+        except JwtError as exc:
+            log.warning("account_jwt_update_refused", account=key, reason=str(exc))
+            return "jwt update resulted in error", str(exc)
+        if self.settings.resolver_dir is not None:
+            _store_jwt(self.settings.resolver_dir, key, token)
+        else:
+            self._pushed[key] = token
+        self.account_changed(key)
+        return "jwt updated", None
+
+    def _server_info(self) -> dict[str, object]:
+        server = self.server
+        return {"name": server.name, "host": "", "id": server.server_id, "ver": server.version}
+
+
+def _store_jwt(directory: str, key: str, token: str) -> None:
+    """Write an account's JWT file atomically (a claims update, directory resolver)."""
+    if not key.isalnum():
+        return
+    path = os.path.join(directory, key + ".jwt")
+    temporary = path + ".tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("account_jwt_store_failed", account=key, error=str(exc))
 
 
 def _authenticator(config: ServerConfig, resolver: Resolver | None) -> Authenticator:

@@ -163,6 +163,12 @@ class Server:
         from edge.reload import plan_reload
 
         plan = plan_reload(self.config, new)
+        if self.security is not None and not (plan.security or plan.auth):
+            # Operator mode: the account JWTs are looked up again (a directory
+            # resolver's files may have changed); see Security.account_changed.
+            closed = self.security.refresh_accounts()
+            if closed:
+                log.info("reload_closed_clients", clients=closed)
         if plan.empty:
             return ()
         if plan.log:

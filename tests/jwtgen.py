@@ -48,11 +48,16 @@ def _dumps(obj: Any) -> bytes:
 
 
 def encode_jwt(
-    signer: KeyPair, subject: str, name: str, nats: dict[str, Any], expires: int | None = None
+    signer: KeyPair,
+    subject: str,
+    name: str,
+    nats: dict[str, Any],
+    expires: int | None = None,
+    issued_at: int | None = None,
 ) -> str:
     """A signed JWT: ``signer`` issues claims about ``subject`` (a public key)."""
     claims: dict[str, Any] = {
-        "iat": int(time.time()),
+        "iat": int(time.time()) if issued_at is None else issued_at,
         "iss": signer.public_key(),
         "name": name,
         "sub": subject,
@@ -89,6 +94,24 @@ def account_jwt(operator: KeyPair, account: KeyPair, name: str, **fields: Any) -
 def user_jwt(account: KeyPair, user: KeyPair, name: str) -> str:
     nats = {"type": "user", "version": 2, **UNLIMITED_USER}
     return encode_jwt(account, user.public_key(), name, nats)
+
+
+def activation_jwt(
+    signer: KeyPair,
+    importer: str,
+    subject: str,
+    kind: str,
+    issuer_account: str | None = None,
+    expires: int | None = None,
+    issued_at: int | None = None,
+) -> str:
+    """An activation token: ``signer`` (the exporting account, or one of its
+    signing keys with ``issuer_account`` naming it) lets account ``importer``
+    import ``subject`` of ``kind`` ("stream" or "service")."""
+    nats: dict[str, Any] = {"type": "activation", "version": 2, "subject": subject, "kind": kind}
+    if issuer_account is not None:
+        nats["issuer_account"] = issuer_account
+    return encode_jwt(signer, importer, subject, nats, expires, issued_at)
 
 
 def creds_file_text(jwt: str, seed: str) -> str:
@@ -154,7 +177,14 @@ class Operator:
 
     @property
     def jwt(self) -> str:
-        return operator_jwt(self.keys, system_account=self.system.public_key)
+        """The operator JWT, issued once (a config written again, e.g. for a
+        reload, names the same operator JWT)."""
+        cached: str | None = self.__dict__.get("_jwt")
+        if cached is None:
+            cached = self.__dict__["_jwt"] = operator_jwt(
+                self.keys, system_account=self.system.public_key
+            )
+        return cached
 
     def hub_config(self) -> str:
         """nats-server config lines for operator mode with a memory resolver."""

@@ -154,7 +154,7 @@ def test_join_jwt_account_problems() -> None:
     )
     problems = problems[1:]
     assert [(p.subject, p.reason) for p in problems] == [
-        ("tok", "export needs an activation token (not supported)"),
+        ("tok", "export needs an activation token, the import has none"),
         ("other", f"account {a} exports no service for it"),
         ("x", f"no usable account {OTHER.public_key()}"),
     ]

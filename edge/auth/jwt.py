@@ -23,6 +23,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from edge.auth.activation import (
+    Activation,
+    activation_from_claims,
+    import_token_problem,
+)
 from edge.auth.permissions import (
     Permissions,
     ResponsePermission,
@@ -64,11 +69,16 @@ def _json(part: str) -> dict[str, Any]:
     return value
 
 
-_KIND = {"operator": PREFIX_OPERATOR, "account": PREFIX_ACCOUNT, "user": PREFIX_USER}
+_KIND = {
+    "operator": PREFIX_OPERATOR,
+    "account": PREFIX_ACCOUNT,
+    "user": PREFIX_USER,
+    "activation": PREFIX_ACCOUNT,  # its sub is the importing account
+}
 
 
 def decode(token: str, kind: str, now: float | None) -> dict[str, Any]:
-    """The verified claims of ``token``, a JWT of ``kind`` (operator/account/user).
+    """The verified claims of ``token``, a JWT of ``kind`` (operator/account/user/activation).
 
     The signature is checked against ``iss``; who may issue (the operator, an
     account or their signing keys) is the caller's question. ``now`` None: the
@@ -255,7 +265,7 @@ def account_claims(claims: dict[str, Any]) -> AccountClaims:
     limits = nats.get("limits")
     if not isinstance(limits, dict):
         limits = {}
-    exports, imports, dropped = _exports_imports(nats)
+    exports, imports, dropped = _exports_imports(nats, claims["sub"])
     return AccountClaims(
         public_key=claims["sub"],
         name=str(claims.get("name", "")),
@@ -318,7 +328,14 @@ def _jwt_export(entry: object) -> ExportConfig:
     response = _RESPONSE_TYPES.get(str(entry.get("response_type") or ""))
     if response is None:
         raise JwtError(f"export {name!r}: response_type must be Singleton, Stream or Chunked")
-    return ExportConfig(kind, subject.encode(), None, response, entry.get("token_req") is True)
+    return ExportConfig(
+        kind,
+        subject.encode(),
+        None,
+        response,
+        entry.get("token_req") is True,
+        _revocations(entry.get("revocations")),
+    )
 
 
 def _references_fit(subject: str, local: str) -> bool:
@@ -331,14 +348,16 @@ def _references_fit(subject: str, local: str) -> bool:
     return True
 
 
-def _jwt_import(entry: object) -> ImportConfig | str:
+def _jwt_import(entry: object, importer: str = "") -> ImportConfig | str:
     """An import as nats-server 2.9 reads it. ``local_subject`` (with ``$N``
     references) is the importer's subject; without it, a service import's
     ``subject`` is the importer's and ``to`` the exporter's, while a stream
     import's ``to`` is a prefix put before the exporter's subject.
 
     What 2.9.10 finds invalid (no or a bad subject, no account, an unknown type,
-    a ``$N`` naming no wildcard) raises JwtError: the account is unusable. What
+    a ``$N`` naming no wildcard, an activation ``token`` that is no valid token
+    for this import: see ``_check_token``) raises JwtError: the account is
+    unusable. What
     it lets pass but leafgate cannot use (an account that is no key, a local
     subject that is no subject) is returned as the reason it is left out."""
     if not isinstance(entry, dict):
@@ -351,6 +370,12 @@ def _jwt_import(entry: object) -> ImportConfig | str:
     local, to = entry.get("local_subject"), entry.get("to")
     if local and not (isinstance(local, str) and _references_fit(subject, local)):
         raise JwtError(f"import {name!r}: local_subject {local!r} names missing wildcards")
+    token = entry.get("token")
+    token = token if isinstance(token, str) and token else None
+    if token is not None:
+        # The exporter's subject: a service import's ``to`` in the older spelling.
+        exported = str(to) if kind == "service" and to and not local else subject
+        _check_token(token, kind, account, importer, exported)
     if not account.startswith("A") or len(account) != 56:
         return f"import {name!r}: account {account!r} is not an account public key"
     for value in (local, to):
@@ -364,7 +389,33 @@ def _jwt_import(entry: object) -> ImportConfig | str:
         remote, mine = subject, (str(to).rstrip(".") + "." + subject) if to else subject
     if remote != _plain(remote):
         return f"import {name!r}: the exporter's subject has wildcard references"
-    return ImportConfig(kind, account, remote.encode(), mine.encode())
+    return ImportConfig(kind, account, remote.encode(), mine.encode(), token)
+
+
+def _check_token(token: str, kind: str, exporter: str, importer: str, subject: str) -> None:
+    """An import's activation token, as 2.9.10 checks it with the account JWT
+    (signature, issuer, importing account, kind, subject; not its times): a
+    token that fails makes the importing account JWT invalid."""
+    try:
+        claims = decode(token, "activation", None)
+    except JwtError as exc:
+        raise JwtError(f"import of {subject!r}: invalid activation token ({exc})") from None
+    if not claims["iss"].startswith(("A", "O")):
+        raise JwtError(f"import of {subject!r}: activation token not signed by an account")
+    problem = import_token_problem(
+        activation_from_claims(claims), kind, exporter, importer, subject
+    )
+    if problem is not None:
+        raise JwtError(f"import of {subject!r}: {problem}")
+
+
+def read_activation(token: str) -> Activation:
+    """The fields of an import's activation token, verified with its account
+    JWT already (by ``verified_account``): read again without verifying."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise JwtError("not a JWT (three parts expected)")
+    return activation_from_claims(_json(parts[1]))
 
 
 def _entries(value: object) -> list[object]:
@@ -372,7 +423,7 @@ def _entries(value: object) -> list[object]:
 
 
 def _exports_imports(
-    nats: dict[str, Any],
+    nats: dict[str, Any], importer: str
 ) -> tuple[tuple[ExportConfig, ...], tuple[ImportConfig, ...], list[str]]:
     exports: list[ExportConfig] = []
     imports: list[ImportConfig] = []
@@ -380,7 +431,7 @@ def _exports_imports(
     for entry in _entries(nats.get("exports")):
         exports.append(_jwt_export(entry))
     for entry in _entries(nats.get("imports")):
-        imp = _jwt_import(entry)
+        imp = _jwt_import(entry, importer)
         if isinstance(imp, str):
             dropped.append(imp)
         else:

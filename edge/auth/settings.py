@@ -90,6 +90,9 @@ class ExportConfig:
     accounts: tuple[str, ...] | None = None  # None: public
     response_type: str = "singleton"  # of a service: one answer, or many ("stream", "chunked")
     token_required: bool = False  # JWT exports: importers need an activation token
+    # JWT exports: importing account key (or "*") -> activations issued at or
+    # before this time (s) are revoked.
+    revocations: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class ImportConfig:
     account: str  # the exporting account
     subject: bytes  # in the exporter's subject space
     to: bytes | None = None  # the subject in the importing account (None: the same)
+    token: str | None = None  # JWT imports: the activation token (verified with the JWT)
 
 
 @dataclass(frozen=True)
