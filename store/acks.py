@@ -19,12 +19,12 @@ committed sequence. Nothing here waits or does I/O.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from store.dedup import DuplicateWindow
 from store.groups import GroupTable
-from store.window import Record
+from store.window import Record, Run
 
 PONG = b"PONG\r\n"
 REPLY_LIMIT_ERROR = 10077  # JetStream's err_code for a store that refuses a message
@@ -64,9 +64,9 @@ class PublisherAcks:
         name = self.groups.states[rec.group].spec.name.encode()
         return b'{"stream":"%b","seq":%d}' % (name, rec.seq)
 
-    def publish_acks(self, batch: list[Record]) -> None:
+    def publish_acks(self, batch: Sequence[Record | Run]) -> None:
         for rec in batch:
-            if rec.reply:
+            if rec.reply and type(rec) is Record:  # (a Run has no reply)
                 self.send_reply(rec.reply, self.pub_ack(rec))
                 rec.reply = b""
 

@@ -16,7 +16,7 @@ from itertools import pairwise
 from operator import itemgetter
 
 from store import rows
-from store.window import Record
+from store.window import Record, Run
 
 _INSERT = (
     "INSERT INTO batches (first_seq, last_seq, grp, ts, ts_last, msgs, bytes, crc, body)"
@@ -60,7 +60,7 @@ def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
 
 def commit(
     conn: sqlite3.Connection,
-    inserts: Sequence[Record],
+    inserts: Sequence[Record | Run],
     gids: Sequence[int],
     deletes: Sequence[Record],
     trims: Sequence[Trim],
@@ -74,7 +74,8 @@ def commit(
     deletes before trims: a trim takes what is still unconfirmed).
 
     *gids* maps a record's group index to its id in the store; the inserted
-    records learn their row and place in it (``batch``, ``index``). With
+    records learn their row and place in it (``batch``, ``index``; a Run its
+    ``places``). With
     *sync*, the commit waits for fsync (synchronous=FULL). *last_seq* is the
     highest sequence handed out, *recorded* the one last written to ``meta``:
     when no row holds *last_seq* (removed, or never stored), it is recorded,

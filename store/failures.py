@@ -15,7 +15,7 @@ from edge.log import get_logger
 from store import buffer
 from store.dedup import msg_id_of
 from store.groups import REASON_DISK_FULL
-from store.window import Record
+from store.window import Record, Run, expand
 
 if TYPE_CHECKING:
     from store.writer import Store
@@ -26,11 +26,14 @@ log = get_logger("store")
 def commit_failed(
     store: Store,
     exc: sqlite3.Error,
-    batch: list[Record],
+    items: list[Record | Run],
     spill: list[Record],
     deletes: list[Record],
 ) -> bool:
     """A full disk drops the batch by policy; any other error keeps it for a retry."""
+    # Message by message from here (a rare path): Runs become their Records,
+    # so that halving, dropping and counting see each message.
+    batch: list[Record | Run] = list(expand(items))
     text = str(exc)
     store.last_error = text
     store._deletes[:0] = deletes

@@ -47,10 +47,10 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, islice, repeat
+from itertools import accumulate, chain, islice, repeat
 from operator import attrgetter, lt, sub
 
-from store.window import Record
+from store.window import Record, Run
 
 # seq - first seq, ts - first ts (ms), subject length, header length + 1 (0: no
 # header block), payload length
@@ -100,12 +100,12 @@ def checksum(body: bytes) -> int:
     return zlib.crc32(body)
 
 
-def pack(records: Sequence[Record]) -> list[Row]:
+def pack(records: Sequence[Record | Run]) -> list[Row]:
     """Rows holding *records* (each row one group's, in sequence order, within
-    the row limits). Sets each record's ``batch`` and ``index``: where it is
-    stored once the rows are committed."""
+    the row limits). Places each record where it is stored once the rows are
+    committed: a Record's ``batch`` and ``index``, a Run's ``places``."""
     groups = set(map(_group_of, records))
-    by_group: dict[int, list[Record]]
+    by_group: dict[int, list[Record | Run]]
     if len(groups) == 1:  # the common case, without a loop in bytecode
         by_group = {groups.pop(): list(records)}
     else:
@@ -113,53 +113,147 @@ def pack(records: Sequence[Record]) -> list[Row]:
         for rec in records:
             by_group.setdefault(rec.group, []).append(rec)
     rows: list[Row] = []
-    for group, recs in by_group.items():
-        seqs = list(map(_seq_of, recs))
+    for group, items in by_group.items():
+        seqs = list(map(_seq_of, items))  # a Run's first: runs never overlap
         if not all(map(lt, seqs, islice(seqs, 1, None))):
-            recs.sort(key=_seq)
-        _pack_group(group, recs, rows)
+            items.sort(key=_seq_of)
+        if Run in set(map(type, items)):
+            _pack_items(group, items, rows)
+        else:
+            flat = _Flat.of_records(items)  # type: ignore[arg-type]
+            for start, n, row in _cut(group, flat):
+                chunk = items[start : start + n]
+                deque(map(setattr, chunk, repeat("batch"), repeat(row.first_seq)), 0)
+                deque(map(setattr, chunk, repeat("index"), range(n)), 0)
+                rows.append(row)
     return rows
 
 
-def _pack_group(group: int, recs: list[Record], rows: list[Row]) -> None:
-    count = len(recs)
+def _pack_items(group: int, items: list[Record | Run], rows: list[Row]) -> None:
+    """Records and Runs of one group: their messages laid flat, cut into rows,
+    and each item told where its messages went (a Run may span rows)."""
+    cut = list(_cut(group, _Flat.of_items(items)))
+    row_starts = [start for start, _n, _row in cut]
+    pos = 0
+    for item in items:
+        k = bisect_right(row_starts, pos) - 1
+        if type(item) is Run:
+            end = pos + len(item.payloads)
+            places = []
+            while pos < end:
+                start, n, row = cut[k]
+                take = min(start + n, end) - pos
+                places.append((row.first_seq, pos - start, take))
+                pos += take
+                k += 1
+            item.places = places
+        else:
+            assert type(item) is Record
+            start, _n, row = cut[k]
+            item.batch = row.first_seq
+            item.index = pos - start
+            pos += 1
+    rows.extend(row for _start, _n, row in cut)
+
+
+@dataclass(frozen=True)
+class _Flat:
+    """The messages to pack, a list per field (in sequence order)."""
+
+    seqs: list[int]
+    times: list[int]
+    subjects: list[bytes]
+    hdrs: list[bytes | None]
+    payloads: list[bytes]
+    sizes: list[int]
+
+    @classmethod
+    def of_records(cls, recs: list[Record]) -> _Flat:
+        return cls(
+            list(map(_seq_of, recs)),
+            list(map(_ts_of, recs)),
+            list(map(_subject_of, recs)),
+            list(map(_hdr_of, recs)),
+            list(map(_data_of, recs)),
+            list(map(_size_of, recs)),
+        )
+
+    @classmethod
+    def of_items(cls, items: list[Record | Run]) -> _Flat:
+        # Per item, not per message: a Run's fields are repeated in C.
+        seqs: list[Iterable[int]] = []
+        times: list[Iterable[int]] = []
+        subjects: list[Iterable[bytes]] = []
+        hdrs: list[Iterable[bytes | None]] = []
+        payloads: list[Iterable[bytes]] = []
+        sizes: list[Iterable[int]] = []
+        for item in items:
+            if type(item) is Run:
+                n = len(item.payloads)
+                seqs.append(range(item.seq, item.seq + n))
+                times.append(repeat(item.ts, n))
+                subjects.append(repeat(item.subject, n))
+                hdrs.append(repeat(None, n))
+                payloads.append(item.payloads)
+                sizes.append(map(len(item.subject).__add__, map(len, item.payloads)))
+            else:
+                assert type(item) is Record
+                seqs.append((item.seq,))
+                times.append((item.ts,))
+                subjects.append((item.subject,))
+                hdrs.append((item.hdr,))
+                payloads.append((item.data,))
+                sizes.append((item.size,))
+        flat = chain.from_iterable
+        return cls(
+            list(flat(seqs)),
+            list(flat(times)),
+            list(flat(subjects)),
+            list(flat(hdrs)),
+            list(flat(payloads)),
+            list(flat(sizes)),
+        )
+
+
+def _cut(group: int, flat: _Flat) -> Iterator[tuple[int, int, Row]]:
+    """(start, messages, row) for each row the messages make, in order."""
+    count = len(flat.seqs)
     start = 0
     while start < count:
-        start = _pack_plain_row(group, recs, start, rows)
-        if start < 0:  # headers, or a row too wide for the entry fields
-            _pack_rows(group, recs[-start - 1 :], rows)
-            return
+        done = _column_row(group, flat, start)
+        if done is None:  # headers, or a row too wide for the column fields
+            done = _entry_row(group, flat, start)
+        yield start, done.msgs, done
+        start += done.msgs
 
 
-def _pack_plain_row(group: int, recs: list[Record], start: int, rows: list[Row]) -> int:
-    """Pack the row starting at *start* if none of its messages has headers and
-    its sequences and times fit the entry fields: the index after it. Else -1 -
-    *start*, with nothing packed. The loops run in C (``map``), not bytecode: the
-    writer's thread holds the GIL for all of it, once per stored message."""
-    chunk = recs[start : start + ROW_MSGS]
-    sizes = list(accumulate(map(_size_of, chunk)))
-    n = min(len(chunk), bisect_left(sizes, ROW_BYTES) + 1)  # past ROW_BYTES by < 1 message
-    if n < len(chunk):
-        chunk = chunk[:n]
-    first = chunk[0]
-    first_seq, ts0 = first.seq, first.ts
-    times = list(map(_ts_of, chunk))
-    ts_last = max(times)
+def _column_row(group: int, flat: _Flat, start: int) -> Row | None:
+    """The row starting at *start* in column layout, if none of its messages
+    has headers and its sequences and times fit the fields; else None. The
+    loops run in C (``map``), not bytecode: the writer's thread holds the GIL
+    for all of it, once per stored message."""
+    stop = min(len(flat.seqs), start + ROW_MSGS)
+    sizes = list(accumulate(flat.sizes[start:stop]))
+    n = min(stop - start, bisect_left(sizes, ROW_BYTES) + 1)  # past ROW_BYTES by < 1 message
+    stop = start + n
+    first_seq, last_seq = flat.seqs[start], flat.seqs[stop - 1]
+    times = flat.times[start:stop]
+    ts0, ts_last, ts_min = times[0], max(times), min(times)
     if (
         ts_last - ts0 > _TS_RANGE
-        or ts0 - min(times) > _TS_RANGE
-        or chunk[-1].seq - first_seq > _SEQ_RANGE
-        or list(map(_hdr_of, chunk)).count(None) != n  # a header block, even empty
+        or ts0 - ts_min > _TS_RANGE
+        or last_seq - first_seq > _SEQ_RANGE
+        or flat.hdrs[start:stop].count(None) != n  # a header block, even empty
     ):
-        return -1 - start
-    subjects = list(map(_subject_of, chunk))
-    payloads = list(map(_data_of, chunk))
+        return None
+    subjects = flat.subjects[start:stop]
+    payloads = flat.payloads[start:stop]
     flags = 0
     parts = [b""]
-    if chunk[-1].seq - first_seq != n - 1:
+    if last_seq - first_seq != n - 1:
         flags |= _SPARSE
-        parts.append(_column(_U32, map(sub, map(_seq_of, chunk), repeat(first_seq))))
-    if ts_last != ts0 or min(times) != ts0:
+        parts.append(_column(_U32, map(sub, flat.seqs[start:stop], repeat(first_seq))))
+    if ts_last != ts0 or ts_min != ts0:
         flags |= _TIMES
         parts.append(_column(_I32, map(sub, times, repeat(ts0))))
     parts.append(_column(_U32, map(len, payloads)))
@@ -172,11 +266,7 @@ def _pack_plain_row(group: int, recs: list[Record], start: int, rows: list[Row])
         parts += subjects
     parts[0] = COLUMN_HEAD.pack(COLUMNS, flags, n)
     parts += payloads
-    body = b"".join(parts)
-    deque(map(setattr, chunk, repeat("batch"), repeat(first_seq)), 0)
-    deque(map(setattr, chunk, repeat("index"), range(n)), 0)
-    rows.append(Row(first_seq, chunk[-1].seq, group, ts0, ts_last, n, sizes[n - 1], body))
-    return start + n
+    return Row(first_seq, last_seq, group, ts0, ts_last, n, sizes[n - 1], b"".join(parts))
 
 
 def _column(code: str, values: Iterable[int]) -> bytes:
@@ -197,44 +287,36 @@ def _read_column(code: str, body: bytes, off: int, n: int) -> tuple[array[int], 
     return column, end
 
 
-def _pack_rows(group: int, recs: list[Record], rows: list[Row]) -> None:
+def _entry_row(group: int, flat: _Flat, start: int) -> Row:
     # The general case, a message at a time: headers, clock jumps.
     entry = ENTRY.pack
-    count = len(recs)
-    start = 0
-    while start < count:
-        first = recs[start]
-        first_seq, ts0 = first.seq, first.ts
-        stop = min(count, start + ROW_MSGS)
-        parts: list[bytes] = []
-        append = parts.append
-        size = 0
-        ts_last = ts0
-        i = start
-        while i < stop and size < ROW_BYTES:
-            rec = recs[i]
-            dts = rec.ts - ts0
-            dseq = rec.seq - first_seq
-            if dts > _TS_RANGE or dts < -_TS_RANGE or dseq > _SEQ_RANGE:
-                break  # a clock jump of weeks within a row: start another
-            subject, hdr, data = rec.subject, rec.hdr, rec.data
-            if hdr is None:
-                append(entry(dseq, dts, len(subject), 0, len(data)))
-                append(subject)
-            else:
-                append(entry(dseq, dts, len(subject), len(hdr) + 1, len(data)))
-                append(subject)
-                append(hdr)
-            append(data)
-            rec.batch = first_seq
-            rec.index = i - start
-            size += rec.size
-            if rec.ts > ts_last:
-                ts_last = rec.ts
-            i += 1
-        last = recs[i - 1]
-        rows.append(Row(first_seq, last.seq, group, ts0, ts_last, i - start, size, b"".join(parts)))
-        start = i
+    stop = min(len(flat.seqs), start + ROW_MSGS)
+    first_seq, ts0 = flat.seqs[start], flat.times[start]
+    parts: list[bytes] = []
+    append = parts.append
+    size = 0
+    ts_last = ts0
+    i = start
+    while i < stop and size < ROW_BYTES:
+        ts, seq = flat.times[i], flat.seqs[i]
+        dts = ts - ts0
+        dseq = seq - first_seq
+        if i > start and (dts > _TS_RANGE or dts < -_TS_RANGE or dseq > _SEQ_RANGE):
+            break  # a clock jump of weeks within a row: start another
+        subject, hdr, data = flat.subjects[i], flat.hdrs[i], flat.payloads[i]
+        if hdr is None:
+            append(entry(dseq, dts, len(subject), 0, len(data)))
+            append(subject)
+        else:
+            append(entry(dseq, dts, len(subject), len(hdr) + 1, len(data)))
+            append(subject)
+            append(hdr)
+        append(data)
+        size += flat.sizes[i]
+        if ts > ts_last:
+            ts_last = ts
+        i += 1
+    return Row(first_seq, flat.seqs[i - 1], group, ts0, ts_last, i - start, size, b"".join(parts))
 
 
 def _seq(rec: Record) -> int:

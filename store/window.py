@@ -22,6 +22,8 @@ lost link also takes the window back; the store still holds every record.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterable
 from enum import Enum
 from itertools import repeat
 from operator import attrgetter
@@ -77,6 +79,77 @@ class Record:
 
     def __repr__(self) -> str:
         return f"Record(seq={self.seq}, subject={self.subject!r}, on_disk={self.on_disk})"
+
+
+class Run:
+    """Messages accepted together (``store.writer.Store.accept_run``): one
+    group, subject and publish time, consecutive sequences from ``seq``, no
+    headers, no replies, written to disk. It stands in the writer's queue for
+    their Records, one object for the lot: the rows are packed from it, and
+    the Records are made only if the forwarder takes them from memory (in a
+    burst the forwarder falls behind and reads them back from the rows).
+    ``places``: where its messages went, (row, index of the first, how many)
+    per row, once packed."""
+
+    __slots__ = ("group", "payloads", "places", "seq", "size", "subject", "ts")
+    hdr: bytes | None = None
+    reply: bytes = b""
+    on_disk: bool = True
+
+    def __init__(
+        self, seq: int, group: int, ts: int, subject: bytes, payloads: list[bytes], size: int
+    ) -> None:
+        self.seq = seq
+        self.group = group
+        self.ts = ts
+        self.subject = subject
+        self.payloads = payloads
+        self.size = size  # subjects and payloads added up
+        self.places: list[tuple[int, int, int]] = []
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq + len(self.payloads) - 1
+
+    def records(self) -> list[Record]:
+        """Its messages as Records, placed where the commit wrote them."""
+        n = len(self.payloads)
+        out = list(
+            map(
+                Record,
+                range(self.seq, self.seq + n),
+                repeat(self.group),
+                repeat(self.ts),
+                repeat(self.subject),
+                repeat(None),
+                self.payloads,
+            )
+        )
+        at = 0
+        for batch, index, count in self.places:
+            part = out[at : at + count]
+            deque(map(setattr, part, repeat("batch"), repeat(batch)), 0)
+            deque(map(setattr, part, repeat("index"), range(index, index + count)), 0)
+            at += count
+        return out
+
+    def __repr__(self) -> str:
+        return f"Run(seq={self.seq}..{self.last_seq}, subject={self.subject!r})"
+
+
+def expand(items: Iterable[Record | Run]) -> list[Record]:
+    """Records and Runs as Records only."""
+    out: list[Record] = []
+    for item in items:
+        if isinstance(item, Run):
+            out += item.records()
+        else:
+            out.append(item)
+    return out
+
+
+def last_seq_of(item: Record | Run) -> int:
+    return item.last_seq if type(item) is Run else item.seq
 
 
 class InFlight:

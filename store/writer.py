@@ -62,7 +62,7 @@ from store.groups import (
 )
 from store.paths import store_dir
 from store.stats import GroupStats, LatencyHistogram, StoreStats, snapshot
-from store.window import Record
+from store.window import Record, Run, expand, last_seq_of
 
 log = get_logger("store")
 _T = TypeVar("_T")
@@ -103,7 +103,7 @@ class Store:
         self._limiter = trio.CapacityLimiter(1)
         self._gids: list[int] = []  # group index -> id in the store
         self._index_of: dict[int, int] = {}  # id in the store -> group index
-        self.pending: list[Record] = []
+        self.pending: list[Record | Run] = []  # Runs: see store.window.Run
         self.pending_bytes = 0
         self.congested = False
         self.feed: deque[Record] = deque()
@@ -221,13 +221,9 @@ class Store:
         ``takes_run``, as ``accept`` would one by one."""
         seq = self.next_seq
         self.next_seq = seq + len(payloads)
-        now = _now_ms()
-        records = [
-            Record(s, group, now, subject, None, data) for s, data in enumerate(payloads, seq)
-        ]
         size = len(subject) * len(payloads) + sum(map(len, payloads))
-        self.groups.states[group].add(size, len(records))
-        self.pending += records
+        self.groups.states[group].add(size, len(payloads))
+        self.pending.append(Run(seq, group, _now_ms(), subject, payloads, size))
         self._pending_added(size)
 
     def _accept(
@@ -623,7 +619,7 @@ class Store:
 
     async def _commit(
         self,
-        inserts: list[Record],
+        inserts: list[Record | Run],
         deletes: list[Record],
         trims: list[Trim],
         *,
@@ -635,7 +631,9 @@ class Store:
         )
         return await self._in_thread(commit, inserts, self._gids, deletes, trims)
 
-    def _put_back(self, batch: list[Record], spill: list[Record], deletes: list[Record]) -> None:
+    def _put_back(
+        self, batch: list[Record | Run], spill: list[Record], deletes: list[Record]
+    ) -> None:
         self.pending[:0] = batch
         self.pending_bytes += sum(r.size for r in batch)
         confirming = self._confirming
@@ -653,7 +651,7 @@ class Store:
 
     def _after_commit(
         self,
-        batch: list[Record],
+        batch: list[Record | Run],
         result: buffer.CommitResult,
         last_seq: int,
         deletes: list[Record] | tuple[Record, ...] = (),
@@ -677,12 +675,13 @@ class Store:
             self._log_drop(state, reason, "dropped", n)
         confirming.difference_update(r.seq for r in deletes)
         if batch:
-            self.committed_seq = max(self.committed_seq, batch[-1].seq)
+            self.committed_seq = max(self.committed_seq, last_seq_of(batch[-1]))
             self.acks.publish_acks(batch)
             if self.behind:
-                self._spill.extend(r for r in batch if not r.on_disk)
+                self._spill.extend(r for r in batch if type(r) is Record and not r.on_disk)
             else:
-                self.feed.extend(batch)
+                # The forwarder takes these from memory: a Run's Records are made now.
+                self.feed.extend(expand(batch))
                 self.feed_bytes += sum(r.size for r in batch)
                 if self.feed_bytes > FEED_MAX:
                     self.behind = True
@@ -755,10 +754,13 @@ def _seq(record: Record) -> int:
     return record.seq
 
 
-def _unplace(records: list[Record]) -> None:
+def _unplace(records: list[Record | Run]) -> None:
     """A commit that wrote nothing: these records have no row (yet)."""
     for rec in records:
-        rec.batch = 0
+        if isinstance(rec, Run):
+            rec.places = []
+        else:
+            rec.batch = 0
 
 
 def _now_ms() -> int:

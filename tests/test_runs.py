@@ -23,6 +23,7 @@ from edge.proto.errors import CloseReason
 from edge.proto.events import PING, Event, ParseFailed, Pub, Run, Sub
 from edge.proto.parser import ClientParser, run_payload, run_payloads
 from edge.router import RUN_MIN, Router, Subscription
+from store.window import Record, expand
 from store.writer import Store
 from tests.storefakes import group, make_store
 
@@ -377,7 +378,7 @@ def _frames(out: bytes) -> list[tuple[bytes, bytes, bytes]]:
 def _stored(router: Router) -> list[tuple[int, bytes, bytes | None, bytes, bytes, bool]]:
     store = router.store
     assert isinstance(store, Store)
-    return [(r.seq, r.subject, r.hdr, r.data, r.reply, r.on_disk) for r in store.pending]
+    return [(r.seq, r.subject, r.hdr, r.data, r.reply, r.on_disk) for r in expand(store.pending)]
 
 
 def _store_world(tmp_path: Path, name: str, **limits: object) -> tuple[Router, FakeClient]:
@@ -427,7 +428,8 @@ def test_a_run_the_store_cannot_take_whole_goes_one_by_one(tmp_path: Path) -> No
     store.commit_failures = 1  # the short path is off until a commit succeeds again
     assert not store.takes_run(0)
     router.publish_run(FakeClient(router), b"telemetry.a", _tails(PAYLOADS))
-    assert [r.data for r in store.pending] == PAYLOADS  # each through the checked path
+    assert [type(r) for r in store.pending] == [Record] * len(PAYLOADS)  # the checked path
+    assert [r.data for r in expand(store.pending)] == PAYLOADS
     assert bytes(sub_client.out).count(b"MSG telemetry.a 1 ") == len(PAYLOADS)
 
 

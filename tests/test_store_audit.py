@@ -672,3 +672,66 @@ async def test_a_batch_bigger_than_the_room_left_is_kept_in_part(tmp_path: Path)
     assert stored == list(range(1, len(stored) + 1))  # the oldest, in order, no gap
     assert state.dropped.get("disk_full", 0) == 3000 - len(stored)
     assert held(store)["default"][0] == len(stored)
+
+
+# ---- Runs: messages accepted together (store.window.Run) ---------------------------------
+
+
+def _accept_runs(store: Store, runs: int, per_run: int, *, singles: bool = True) -> int:
+    """Runs on one subject, with a single message between them (the first of a
+    subject and a read's cut-off frame take the one-by-one path)."""
+    n = 0
+    for _ in range(runs):
+        assert store.takes_run(0)
+        store.accept_run(0, b"telemetry.run", [b"%07d" % (n + i) for i in range(per_run)])
+        n += per_run
+        if singles:
+            accept(store, "telemetry.run", b"%07d" % n)
+            n += 1
+    return n
+
+
+async def test_runs_are_stored_forwarded_and_confirmed_once_in_order(tmp_path: Path) -> None:
+    """Runs and single messages, with the forwarder caught up (their Records
+    made from the Runs for the feed) and behind (read back from the rows): the
+    hub gets every message once, in order, and the rows are all deleted."""
+    store = make_store(tmp_path)
+    hub = FakeHub()
+    async with running(store) as nursery:
+        n = _accept_runs(store, 5, 300)  # committed before the link: read back
+        fwd = forwarder(store)
+        s = await session(nursery, hub, fwd)
+        await wait_for(lambda: len(hub.stored) == n, 10, "the backlog at the hub")
+        await wait_for(lambda: store.link_up and not store.behind)
+        m = _accept_runs(store, 5, 300)  # fed from memory
+        await wait_for(lambda: len(hub.stored) == n + m, 10, "the live runs at the hub")
+        await wait_for(lambda: rows(store) == [], 10, "the rows deleted")
+        await s.cut()
+    assert [seq for _subject, seq in hub.stored] == list(range(1, n + m + 1))
+    assert store.groups.states[0].confirmed == n + m
+    assert held(store) == {"default": (0, 0)}
+
+
+async def test_a_run_that_does_not_fit_the_disk_is_kept_in_part(tmp_path: Path) -> None:
+    """A burst of runs as one batch into a store with room for part of it: the
+    batch is halved message by message, not run by run, so the oldest that fit
+    are stored and each dropped message is counted."""
+    store = make_store(tmp_path, group(policy="drop_newest"), max_file_size=256 * 1024)
+    async with running(store):
+        await store._limiter.acquire()  # hold the writer: the burst becomes one batch
+        try:
+            for i in range(3):
+                store.accept_run(
+                    0,
+                    b"telemetry.big",
+                    [b"%05d" % (i * 1000 + j) + b"p" * 195 for j in range(1000)],
+                )
+        finally:
+            store._limiter.release()
+        await wait_for(lambda: not store.pending and store.disk_full, 10, "the batch settled")
+        stored = [seq for seq, _ in rows(store)]
+        state = store.groups.states[0]
+    assert 1000 < len(stored) < 3000  # more than one run's worth: split inside the runs
+    assert stored == list(range(1, len(stored) + 1))
+    assert state.dropped.get("disk_full", 0) == 3000 - len(stored)
+    assert held(store)["default"][0] == len(stored)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from store import buffer, db, rows
 from store.paths import DB_NAME
-from store.window import Record
+from store.window import Record, Run, expand
 from tests.storedb import commit, rec, rows_after, seqs
 
 subjects = st.binary(min_size=1, max_size=40).filter(lambda b: b" " not in b)
@@ -335,3 +335,58 @@ def test_the_operator_tool_purges_a_schema_1_store(
     conn, report = db.open_store(directory)  # and the server converts what is left
     with closing(conn):
         assert seqs(conn) == list(range(103, 5003)) and report.next_seq == 5003
+
+
+# ---- Runs (store.window.Run): packed without a Record per message ----------------------
+
+
+@st.composite
+def item_lists(draw: st.DrawFn) -> list[Record | Run]:
+    """Records and Runs of one or two groups, sequences rising without overlap."""
+    items: list[Record | Run] = []
+    seq = draw(st.integers(1, 10**6))
+    ts = draw(st.integers(0, 2**41))
+    for _ in range(draw(st.integers(1, 12))):
+        seq += draw(st.integers(1, 3))
+        ts += draw(st.integers(0, 50))
+        group = draw(st.integers(0, 1))
+        subject = draw(st.sampled_from([b"t.a", b"t.bb", b"t.a.long.subject"]))
+        if draw(st.booleans()):
+            n = draw(st.sampled_from([1, 2, 7, rows.ROW_MSGS - 1, rows.ROW_MSGS + 3]))
+            times = draw(st.integers(0, 3))
+            payloads = [b"%d" % (seq + i) * ((i + times) % 4) for i in range(n)]
+            size = len(subject) * n + sum(map(len, payloads))
+            items.append(Run(seq, group, ts, subject, payloads, size))
+            seq += n - 1
+        else:
+            hdr = draw(st.one_of(st.none(), st.just(b"NATS/1.0\r\n\r\n")))
+            items.append(Record(seq, group, ts, subject, hdr, draw(st.binary(max_size=20))))
+    return items
+
+
+@settings(max_examples=40, deadline=None)
+@given(item_lists())
+def test_runs_pack_as_their_records_do(items: list[Record | Run]) -> None:
+    """Packing Records and Runs gives the rows their Records alone would give,
+    and each Run's Records are placed where those Records went."""
+    as_records = expand(items)  # unplaced: packed below for the reference
+    expected = rows.pack(as_records)
+    got = rows.pack(items)
+    assert got == expected
+    placed = [(r.seq, r.batch, r.index) for r in expand(items)]
+    assert placed == [(r.seq, r.batch, r.index) for r in as_records]
+    assert all(batch > 0 for _seq, batch, _index in placed)
+
+
+def test_a_run_spanning_rows_is_placed_in_each() -> None:
+    payloads = [b"p"] * (rows.ROW_MSGS + 10)
+    run = Run(100, 0, 5, b"t", payloads, 2 * len(payloads))
+    packed = rows.pack([Record(99, 0, 5, b"t", None, b"x"), run])
+    assert [r.msgs for r in packed] == [rows.ROW_MSGS, 11]
+    assert run.places == [(99, 1, rows.ROW_MSGS - 1), (99 + rows.ROW_MSGS, 0, 11)]
+    back = [
+        (r.seq, r.batch, r.index)
+        for row in packed
+        for r in rows.records(row.first_seq, row.ts, row.body, 0)
+    ]
+    assert back[1:] == [(r.seq, r.batch, r.index) for r in run.records()]
