@@ -119,6 +119,12 @@ CASES: dict[str, Case] = {
             "publish on a store-and-forward subject, hub link up (JetStream stream), 128 B",
         ),
         Case(
+            "store_pub_mixed_128",
+            "msgs/s",
+            True,
+            "store_pub_128, 8 subjects in turn (nothing taken as a run)",
+        ),
+        Case(
             "store_ack32_128",
             "msgs/s",
             True,

@@ -20,6 +20,9 @@ deleted), the nats-server leaf's stream state from its JetStream API.
 that is not forwarded (plain rate), then, after a warm-up burst through the whole
 path, on the forwarded subject without warm-up (every message counted); and when
 the leaf had committed them all, and the hub stream held them all.
+``store_pub_mixed_128``: the same with both phases sent to 8 subjects in turn
+(``bench.plain.m0``..., ``telemetry.bench.m0``...): no runs, every message by the
+one-by-one path (reported, no target of its own).
 ``store_drain_1m``: ``--store-backlog`` messages published and committed while the
 hub is down (started once to create its stream, then stopped); the hub restarted
 on the same ports and directory; backlog / (hub holds all - hub logged the link).
@@ -85,12 +88,17 @@ from .storeside import (
 
 
 def _pub_phase(
-    top: Topology, subject: bytes, warmup: float, duration: float
+    top: Topology, subject: bytes, warmup: float, duration: float, mixed: int = 0
 ) -> tuple[float, int, float, float, dict[str, float]]:
     """One load-generator publisher (final PING/PONG); return its rate, the messages
-    it counted, when it started and when it got the PONG, and the CPU figures."""
+    it counted, when it started and when it got the PONG, and the CPU figures.
+    *mixed*: to that many subjects under *subject* in turn (no two consecutive
+    messages on one subject, so nothing is taken as a run)."""
     marks: list[float] = []
-    spec = WorkerSpec("pub", {"size": SIZE, "subject": subject, "ping_end": True, "overrun": 0.0})
+    params = {"size": SIZE, "subject": subject, "ping_end": True, "overrun": 0.0}
+    if mixed:
+        params["subjects"] = [subject + b".m%d" % i for i in range(mixed)]
+    spec = WorkerSpec("pub", params)
     results, cpu = run_workers(
         top.leaf_server,
         [spec],
@@ -104,18 +112,27 @@ def _pub_phase(
     return res["msgs"] / res["secs"], int(res["msgs"]), t_mark, t_mark + res["secs"], cpu
 
 
-@_bench_errors
-def _store_pub(t: Target, warmup: float, duration: float) -> Measurement:
+def _store_pub(mixed: int = 0) -> Runner:
+    name = "store_pub_mixed_128" if mixed else "store_pub_128"
+
+    @_bench_errors
+    def run(t: Target, warmup: float, duration: float) -> Measurement:
+        return _said(t, name, _store_pub_once(t, warmup, duration, mixed))
+
+    return run
+
+
+def _store_pub_once(t: Target, warmup: float, duration: float, mixed: int) -> Measurement:
     with Topology(t) as top:
         if t.side == "leafgate":
             NOTES["store_pub_128 leafgate confirmation"] = _forward_modes(top.leaf_server)
-        plain, _, _, _, _ = _pub_phase(top, PLAIN_SUBJECT, warmup, duration)
+        plain, _, _, _, _ = _pub_phase(top, PLAIN_SUBJECT, warmup, duration, mixed)
         publish_exact(top.leaf_server.port, PRIME_SUBJECT, SIZE, PRIME_MSGS)
         base_held, base_hub = _wait_held(top, PRIME_MSGS, at_hub=True)
         sampler = top.sampler()
         try:
             # No warm-up: the publisher then counts every message it sent.
-            rate, total, t_go, t_pong, cpu = _pub_phase(top, STORE_SUBJECT, 0.0, duration)
+            rate, total, t_go, t_pong, cpu = _pub_phase(top, STORE_SUBJECT, 0.0, duration, mixed)
             deadline = time.monotonic() + 30 + total / RATE_FLOOR
             t_held = sampler.wait(1, base_held + total, deadline)
             t_hub = sampler.wait(2, base_hub + total, time.monotonic() + HUB_WAIT)
@@ -135,7 +152,7 @@ def _store_pub(t: Target, warmup: float, duration: float) -> Measurement:
     else:
         extra["hub_lag_s"] = t_hub - t_pong
         extra["hub_rate"] = total / (t_hub - t_go)
-    return _said(t, "store_pub_128", Measurement(rate, extra))
+    return Measurement(rate, extra)
 
 
 # ------------------------------------------------------------ store_drain_1m
@@ -371,7 +388,8 @@ def _store_ack32(t: Target, warmup: float, duration: float) -> Measurement:
 
 STORE_RUNNERS: dict[str, Runner] = {
     "store_ack32_128": _store_ack32,
-    "store_pub_128": _store_pub,
+    "store_pub_128": _store_pub(),
+    "store_pub_mixed_128": _store_pub(mixed=8),
     "store_drain_1m": _store_drain,
     "store_bytes_128": _store_bytes,
 }
@@ -397,7 +415,7 @@ def describe(name: str, value: float, get: Callable[[str], float]) -> str:
             f"{_fmt_rate(value)} acked msgs/s with {ACK_INFLIGHT} in flight, link down "
             f"({get('msgs'):.0f} acks)"
         )
-    if name == "store_pub_128":
+    if name in ("store_pub_128", "store_pub_mixed_128"):
         ratio = get("vs_plain")
         text = (
             f"store {_fmt_rate(value)} vs plain {_fmt_rate(get('plain_rate'))} msgs/s = "
