@@ -256,38 +256,40 @@ class Forwarder:
 
     def _send(self, link: LinkPort, records: list[Record], now: float) -> None:
         gateway = self.store.gateway_id.encode()
-        out = bytearray()
+        subjects = list(map(_subject_of, records))
+        # Permissions and routes once per subject (a read holds a few).
+        checked = {s: (link.may_send(s), link.route(s) or ()) for s in set(subjects)}
+        groups = set(map(_group_of, records))
+        how = self.modes.get(groups.pop(), Confirm.JETSTREAM) if len(groups) == 1 else None
         mark = -1
-        for segment in _by_subject(records):
-            subject = segment[0].subject
-            if not link.may_send(subject):
-                self._warn_once("forward_denied", subject=subject.decode(errors="replace"))
-                self.denied += segment
-                continue
-            route = link.route(subject) or ()
-            groups = set(map(_group_of, segment))
-            how = self.modes.get(groups.pop(), Confirm.JETSTREAM) if len(groups) == 1 else None
-            if (
-                how is not None
-                and not route
-                and list(map(_hdr_of, segment)).count(None) == len(segment)
-            ):
-                # The common case in bulk: no headers, no queue route, one group.
-                out += encode_plain_segment(subject, segment, gateway, self.inbox)
-                self.window.add_many(segment, how, now)
-                if how is Confirm.LINK:
-                    mark = segment[-1].seq
-                continue
-            for rec in segment:
-                out += encode_stored(rec, gateway, self.inbox, route)
+        if (
+            how is not None
+            and all(ok and not route for ok, route in checked.values())
+            and list(map(_hdr_of, records)).count(None) == len(records)
+        ):
+            # The common case in bulk: no headers, no queue route, one group.
+            out = encode_plain(records, subjects, gateway, self.inbox)
+            self.window.add_many(records, how, now)
+            if how is Confirm.LINK:
+                mark = records[-1].seq
+        else:
+            frames = bytearray()
+            for rec in records:
+                allowed, route = checked[rec.subject]
+                if not allowed:
+                    self._warn_once("forward_denied", subject=rec.subject.decode(errors="replace"))
+                    self.denied.append(rec)
+                    continue
+                frames += encode_stored(rec, gateway, self.inbox, route)
                 how = self.modes.get(rec.group, Confirm.JETSTREAM)
                 self.window.add(rec, how, now)
                 if how is Confirm.LINK:
                     mark = rec.seq
+            out = bytes(frames)
         if records and records[-1].seq > self.cursor:
             self.cursor = records[-1].seq  # records come in sequence order
         self.sent += len(records)
-        link.send(bytes(out))
+        link.send(out)
         if mark >= 0:
             link.send_marked_ping(mark)
 
@@ -360,26 +362,11 @@ def _one_length(items: list[bytes]) -> bool:
     return len(set(map(len, items))) == 1
 
 
-def _by_subject(records: list[Record]) -> list[list[Record]]:
-    """*records* cut where the subject changes (they come in runs of one)."""
-    subjects = list(map(_subject_of, records))
-    if subjects and subjects.count(subjects[0]) == len(subjects):
-        return [records]
-    segments: list[list[Record]] = []
-    last = None
-    for rec, subject in zip(records, subjects, strict=True):
-        if subject != last:
-            segments.append([])
-            last = subject
-        segments[-1].append(rec)
-    return segments
-
-
-def encode_plain_segment(
-    subject: bytes, records: list[Record], gateway: bytes, inbox: bytes
+def encode_plain(
+    records: list[Record], subjects: list[bytes], gateway: bytes, inbox: bytes
 ) -> bytes:
-    """``encode_stored`` of header-less records on *subject* with no queue
-    route, all at once: the frames are formatted by ``map`` in C."""
+    """``encode_stored`` of header-less records with no queue route, all at
+    once (*subjects*: theirs): the frames are made by ``map`` in C."""
     seqs = list(map(b"%d".__mod__, map(_seq_of, records)))
     payloads = list(map(_data_of, records))
     if _one_length(seqs) and _one_length(payloads):
@@ -392,7 +379,9 @@ def encode_plain_segment(
             gateway,
         )
         pieces = zip(
-            repeat(b"HMSG " + subject + b" " + inbox),
+            repeat(b"HMSG "),
+            subjects,
+            repeat(b" " + inbox),
             seqs,
             repeat(sizes),
             seqs,
@@ -405,7 +394,7 @@ def encode_plain_segment(
     hdr_lens = list(map((28 + len(gateway)).__add__, map(len, seqs)))
     totals = map(add, hdr_lens, map(len, payloads))
     fields = zip(
-        repeat(subject),
+        subjects,
         repeat(inbox),
         seqs,
         hdr_lens,

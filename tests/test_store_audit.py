@@ -735,3 +735,25 @@ async def test_a_run_that_does_not_fit_the_disk_is_kept_in_part(tmp_path: Path) 
     assert stored == list(range(1, len(stored) + 1))
     assert state.dropped.get("disk_full", 0) == 3000 - len(stored)
     assert held(store)["default"][0] == len(stored)
+
+
+async def test_a_subject_the_hub_denies_is_held_back_and_the_rest_goes_up(tmp_path: Path) -> None:
+    """The link may not publish one stored subject (the hub's permissions for
+    this leaf): its messages stay unsent (kept for the next link), the other
+    subjects of the same reads still go up in order, and the refusal is said."""
+    store = make_store(tmp_path)
+    hub = FakeHub()
+    async with running(store) as nursery:
+        fwd = forwarder(store)
+        s = await session(nursery, hub, fwd)
+        assert s.link is not None
+        s.link.allowed = lambda subject: subject != b"telemetry.secret"
+        await wait_for(lambda: store.link_up)
+        for i in range(30):
+            accept(store, "telemetry.secret" if i % 3 == 0 else f"telemetry.ok{i % 2}")
+        await wait_for(lambda: len(hub.stored) == 20, 5, "the allowed ones at the hub")
+        await wait_for(lambda: len(fwd.denied) == 10, 5, "the denied ones held")
+        await s.cut()
+    assert [seq for _subject, seq in hub.stored] == [s for s in range(1, 31) if (s - 1) % 3]
+    assert all(subject != "telemetry.secret" for subject, _seq in hub.delivered)
+    assert held(store)["default"][0] == 10  # still stored, for a link that may send them

@@ -542,10 +542,10 @@ def test_a_plain_segment_is_framed_as_each_record_alone(
     gateway: bytes,
     one_size: int | None,
 ) -> None:
-    """forward.encode_plain_segment (the bulk framing) equals encode_stored of
-    each record in turn, whatever the sequence lengths and payload sizes, and
-    when all share them (the joined-pieces path)."""
-    from store.forward import encode_plain_segment, encode_stored
+    """forward.encode_plain (the bulk framing) equals encode_stored of each
+    record in turn, whatever the sequence lengths and payload sizes, and when
+    all share them (the joined-pieces path); one subject or several."""
+    from store.forward import encode_plain, encode_stored
 
     if one_size is not None:
         seqs = [10**9 + seq % 10**8 for seq in seqs]  # ten digits each
@@ -556,4 +556,8 @@ def test_a_plain_segment_is_framed_as_each_record_alone(
         for seq, data in zip(seqs, payloads[: len(seqs)], strict=True)
     ]
     expected = b"".join(encode_stored(r, gateway, b"_INBOX.abc.", ()) for r in records)
-    assert encode_plain_segment(subject, records, gateway, b"_INBOX.abc.") == expected
+    subjects = [r.subject for r in records]
+    assert encode_plain(records, subjects, gateway, b"_INBOX.abc.") == expected
+    mixed = [Record(r.seq, 0, 0, b"%b.%d" % (subject, r.seq % 3), None, r.data) for r in records]
+    expected = b"".join(encode_stored(r, gateway, b"_INBOX.abc.", ()) for r in mixed)
+    assert encode_plain(mixed, [r.subject for r in mixed], gateway, b"_INBOX.abc.") == expected
