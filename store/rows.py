@@ -319,10 +319,6 @@ def _entry_row(group: int, flat: _Flat, start: int) -> Row:
     return Row(first_seq, flat.seqs[i - 1], group, ts0, ts_last, i - start, size, b"".join(parts))
 
 
-def _seq(rec: Record) -> int:
-    return rec.seq
-
-
 def records(
     batch: int,
     ts: int,

@@ -167,9 +167,6 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def has_room(self) -> bool:
-        return len(self._entries) < self.max_msgs and self.bytes < self.max_bytes
-
     def worth_filling(self) -> bool:
         """Whether to send now: the window is empty, or a quarter of it is free.
         A full window refilled at every ack would send a few messages per

@@ -66,26 +66,29 @@ def test_inflight_add_ack_counts_bytes() -> None:
     assert (len(w), w.bytes) == (0, 0)
 
 
-def test_inflight_has_room_by_count() -> None:
-    w = InFlight(2, 10_000)
-    assert w.has_room()
-    w.add(rec(1), Confirm.JETSTREAM, 0.0)
-    assert w.has_room()
-    w.add(rec(2), Confirm.JETSTREAM, 0.0)
-    assert not w.has_room()
+def test_inflight_is_worth_filling_when_empty_or_a_quarter_free() -> None:
+    w = InFlight(8, 10_000)
+    assert w.worth_filling()
+    for seq in range(1, 7):
+        w.add(rec(seq), Confirm.JETSTREAM, 0.0)
+    assert w.worth_filling()  # 2 of 8 free
+    w.add(rec(7), Confirm.JETSTREAM, 0.0)
+    assert not w.worth_filling()  # 1 of 8: wait for more acks
     w.ack(1)
-    assert w.has_room()
+    assert w.worth_filling()
 
 
-def test_inflight_has_room_by_bytes() -> None:
+def test_inflight_is_worth_filling_by_bytes() -> None:
     w = InFlight(100, 100)
     w.add(rec(1, 60), Confirm.JETSTREAM, 0.0)
-    assert w.has_room()  # 60 < 100: one more may go, even if it overshoots
+    assert w.worth_filling()  # 40 of 100 bytes free
     w.add(rec(2, 60), Confirm.JETSTREAM, 0.0)
     assert w.bytes == 120
-    assert not w.has_room()
+    assert not w.worth_filling()
     w.ack(2)
-    assert w.has_room()
+    assert w.worth_filling()
+    w.ack(1)
+    assert w.worth_filling() and len(w) == 0
 
 
 def test_inflight_confirm_through_only_link_records_up_to_mark() -> None:
@@ -237,8 +240,6 @@ class InFlightModel(RuleBasedStateMachine):
         assert w.bytes == sum(r.size for r, _how, _t in self.model)
         assert w.bytes == sum(r.size for r in w.records())
         assert [r.seq for r in w.records()] == self._seqs()
-        room = len(self.model) < w.max_msgs and w.bytes < w.max_bytes
-        assert w.has_room() is room
         quarter_free = (
             w.max_msgs - len(self.model) >= max(1, w.max_msgs // 4)
             and w.max_bytes - w.bytes >= w.max_bytes // 4
