@@ -96,29 +96,10 @@ class Forwarder:
         """Messages on our inbox, as one read from the link brought them: the
         PubAcks among them are confirmed to the store in one call."""
         done = self._pub_acks(replies)
-        if done is not None:
-            replies = []
-        else:
+        if done is None:  # not PubAcks only: each reply on its own
             done = []
-        inbox = self.inbox
-        cut = len(inbox)
-        ack = self.window.ack
-        for subject, payload in replies:
-            tail = subject[cut:]
-            if (
-                subject.startswith(inbox)
-                and tail.isdigit()
-                and len(tail) <= 19
-                and b'"error"' not in payload
-                and b'"seq"' in payload
-                and b'"stream"' in payload
-            ):
-                # A PubAck (pub_ack_ok's fast case, inline: once per message).
-                record = ack(int(tail))
-                if record is not None:
-                    done.append(record)
-            else:
-                self._other_reply(subject, payload, done)
+            for subject, payload in replies:
+                self._reply(subject, payload, done)
         if done:
             self.acked += len(done)
             self.store.confirmed(done)
@@ -127,7 +108,7 @@ class Forwarder:
     def _pub_acks(self, replies: list[tuple[bytes, bytes]]) -> list[Record] | None:
         """The records a read of nothing but PubAcks confirms (the common case,
         checked and looked up in C, ``map`` over the read); None if any reply is
-        something else (each then goes through the loop in on_replies)."""
+        something else (each then goes through _reply)."""
         inbox = self.inbox
         subjects = list(map(_first, replies))
         payloads = list(map(_second, replies))
@@ -154,8 +135,9 @@ class Forwarder:
             return None
         return list(filter(None, map(self.window.ack, map(int, tails))))
 
-    def _other_reply(self, subject: bytes, payload: bytes, done: list[Record]) -> None:
-        """A lookup's answer, or a JetStream reply that is not a plain PubAck."""
+    def _reply(self, subject: bytes, payload: bytes, done: list[Record]) -> None:
+        """One message on our inbox: a lookup's answer, or a JetStream reply
+        (a PubAck confirms its record into *done*)."""
         seq = ack_seq(subject, self.inbox)
         if seq is None:
             channel = self._lookups.get(subject)
