@@ -73,6 +73,16 @@ def _reload(both: ServerFactory, server: ServerProcess, op: Operator) -> None:
     os.kill(server.pid, signal.SIGHUP)
 
 
+async def _flows(sender: RawClient, receiver: RawClient, sub: bytes, pub: bytes) -> bytes:
+    """*receiver* subscribes (*sub*), *sender* publishes (*pub*): the payload
+    *receiver* gets (it must get one within 5 s)."""
+    await receiver.send(sub)
+    assert await receiver.ping() == []
+    await sender.send(pub)
+    frames = await receiver.read_frames_until(lambda f: f.op == "MSG", timeout=5)
+    return frames[-1].payload
+
+
 async def _update(system: RawClient, account: Account, jwt: str) -> dict[str, object]:
     """Publish a claims update as the system account; the server's answer."""
     inbox = b"_INBOX.claims." + os.urandom(4).hex().encode()
@@ -242,11 +252,7 @@ async def test_an_activation_token_running_out_undoes_its_import(both: ServerFac
     server = both(config=_operator_config(op))
     exporter, _ = await _user(server.port, a)
     importer, _ = await _user(server.port, b)
-    await exporter.send(b"SUB time 1\r\n")
-    assert await exporter.ping() == []
-    await importer.send(b"PUB time 2\r\nok\r\n")
-    frames = await exporter.read_frames_until(lambda f: f.op == "MSG", timeout=5)
-    assert frames[-1].payload == b"ok"
+    assert await _flows(importer, exporter, b"SUB time 1\r\n", b"PUB time 2\r\nok\r\n") == b"ok"
     await trio.sleep(max(0.0, ends - time.time()) + 1.5)
     await importer.send(b"PUB time 2\r\nno\r\n")
     assert await importer.ping() == []
@@ -331,11 +337,7 @@ async def test_an_exporter_revoking_an_activation_stops_the_stream(both: ServerF
     system, _ = await _user(server.port, op.system)
     publisher, _ = await _user(server.port, a)
     listener, _ = await _user(server.port, b)
-    await listener.send(b"SUB ev.> 1\r\n")
-    assert await listener.ping() == []
-    await publisher.send(b"PUB ev.one 1\r\n1\r\n")
-    frames = await listener.read_frames_until(lambda f: f.op == "MSG", timeout=5)
-    assert frames[-1].payload == b"1"
+    assert await _flows(publisher, listener, b"SUB ev.> 1\r\n", b"PUB ev.one 1\r\n1\r\n") == b"1"
     revoking = account_jwt(
         op.keys, a.keys, "A", exports=[{**export, "revocations": {b.public_key: iat}}]
     )

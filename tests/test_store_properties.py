@@ -10,10 +10,13 @@ from typing import Any
 import trio
 
 from store import db
+from store.forward import Forwarder
+from store.writer import Store
 from tests.storefakes import (
     INBOX,
     PUBACK,
     FakeHub,
+    Session,
     accept,
     bare_uplink,
     forwarder,
@@ -92,6 +95,19 @@ async def test_random_link_cuts_with_disk_and_memory_groups_lose_and_duplicate_n
     assert sum(g.confirmed for g in store.groups.states) == n  # none confirmed twice
 
 
+async def _sent_unacked(
+    nursery: trio.Nursery, store: Store, hub: FakeHub, n: int
+) -> tuple[Forwarder, Session]:
+    """*n* messages accepted, and a link session that has sent them all (the
+    hub does not ack on its own)."""
+    for i in range(n):
+        accept(store, f"telemetry.{i}")
+    fwd = forwarder(store)
+    s = await session(nursery, hub, fwd)
+    await wait_for(lambda: len(fwd.window) == n)
+    return fwd, s
+
+
 async def test_late_pub_acks_of_a_previous_link_confirm_on_the_next(tmp_path: Path) -> None:
     """The inbox is the same on every link: a PubAck the hub sends after the link
     it came for is gone can arrive on the next one. It names a gateway sequence
@@ -100,11 +116,7 @@ async def test_late_pub_acks_of_a_previous_link_confirm_on_the_next(tmp_path: Pa
     store = make_store(tmp_path)
     hub = FakeHub(ack=False)
     async with running(store) as nursery:
-        for i in range(10):
-            accept(store, f"telemetry.{i}")
-        fwd = forwarder(store)
-        s1 = await session(nursery, hub, fwd)
-        await wait_for(lambda: len(fwd.window) == 10)
+        fwd, s1 = await _sent_unacked(nursery, store, hub, 10)
         await s1.cut()  # the PubAcks for 1..10 are still on their way
         s2 = await session(nursery, hub, fwd)
         await wait_for(lambda: len(fwd.window) == 10)
@@ -237,11 +249,7 @@ async def test_a_read_of_replies_confirms_the_same_in_bulk_or_mixed(tmp_path: Pa
     store = make_store(tmp_path)
     hub = FakeHub(ack=False)
     async with running(store) as nursery:
-        for i in range(12):
-            accept(store, f"telemetry.{i}")
-        fwd = forwarder(store)
-        s = await session(nursery, hub, fwd)
-        await wait_for(lambda: len(fwd.window) == 12)
+        fwd, s = await _sent_unacked(nursery, store, hub, 12)
         fwd.on_replies([(INBOX + b"%d" % seq, PUBACK) for seq in (1, 2, 3)])
         assert sorted(r.seq for r in fwd.window.records()) == list(range(4, 13))
         error = b'{"error":{"code":503,"description":"no responders"}}'
